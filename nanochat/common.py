@@ -1,0 +1,238 @@
+"""
+Runtime helpers that every pipeline stage uses: where files live, which device to run on,
+distributed (DDP) set-up from torchrun's environment, rank-0 printing, and the peak FLOP/s
+figure that turns throughput into MFU (model FLOPs utilisation).
+
+Nothing here knows about models or data; it sits underneath every script in scripts/.
+"""
+
+import os
+import sys
+import time
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+class UserError(Exception):
+    """A mistake in the user's input (a missing folder, a bad flag value, ...).
+
+    Scripts and tools catch it at the top and print its message as one line with exit code 2,
+    instead of a traceback. The message should say what is wrong and what to do."""
+
+
+def run_main(main):
+    """Run `main()` and turn UserError / KeyboardInterrupt into a one-line message and an exit code."""
+    try:
+        return main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# -----------------------------------------------------------------------------
+# where files live
+
+def get_base_dir():
+    """The folder for tokenizer, checkpoints, data and reports: $NANOCHAT_BASE_DIR or ~/.cache/nanochat."""
+    base = os.environ.get("NANOCHAT_BASE_DIR")
+    if not base:
+        base = os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
+    os.makedirs(base, exist_ok=True)
+    return base
+
+
+def repo_root():
+    """The repository root (the folder that holds nanochat/, data/, scripts/)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -----------------------------------------------------------------------------
+# printing
+
+_logger_ready = False
+
+
+def get_logger(name="nanochat"):
+    global _logger_ready
+    if not _logger_ready:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        _logger_ready = True
+    return logging.getLogger(name)
+
+
+def print0(*args, **kwargs):
+    """print() on rank 0 only, so a torchrun job prints each line once."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def format_duration(seconds):
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+# -----------------------------------------------------------------------------
+# device and distributed set-up
+
+def autodetect_device_type():
+    """cuda > mps > cpu."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_device_type(device_type=""):
+    """Validate a --device-type value ('' means autodetect) and return one of cuda/mps/cpu."""
+    if not device_type:
+        return autodetect_device_type()
+    if device_type not in ("cuda", "mps", "cpu"):
+        raise UserError(f"unknown --device-type '{device_type}': use cuda, mps or cpu (or leave it empty to autodetect)")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device-type cuda was asked for but no CUDA GPU is visible; use --device-type cpu")
+    if device_type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device-type mps was asked for but MPS is not available; use --device-type cpu")
+    return device_type
+
+
+def is_ddp():
+    return int(os.environ.get("RANK", -1)) != -1 and "WORLD_SIZE" in os.environ
+
+
+def get_dist_info():
+    """(is_ddp, rank, local_rank, world_size) read from torchrun's environment variables."""
+    if is_ddp():
+        return True, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
+    return False, 0, 0, 1
+
+
+@dataclass
+class Runtime:
+    device_type: str
+    device: torch.device
+    ddp: bool
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    def autocast(self):
+        """bf16 autocast on CUDA; fp32 elsewhere (bf16 matmuls are slow on most CPUs)."""
+        import contextlib
+        if self.device_type == "cuda":
+            return torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def synchronize(self):
+        if self.device_type == "cuda":
+            torch.cuda.synchronize()
+        elif self.device_type == "mps":
+            torch.mps.synchronize()
+
+
+def compute_init(device_type="", seed=42):
+    """Set up device, seeds, precision and (under torchrun) the process group. Returns a Runtime."""
+    device_type = resolve_device_type(device_type)
+    torch.manual_seed(seed)
+    if device_type == "cuda":
+        torch.cuda.manual_seed(seed)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    ddp, rank, local_rank, world_size = get_dist_info()
+    if ddp:
+        if device_type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+            backend = "nccl"
+        else:
+            device = torch.device(device_type)
+            backend = "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend)
+        dist.barrier()
+    else:
+        device = torch.device(device_type)
+    if device_type == "cpu" and world_size > 1:
+        # N processes on one CPU: split the cores between them instead of oversubscribing
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    return Runtime(device_type, device, ddp, rank, local_rank, world_size)
+
+
+def compute_cleanup():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# -----------------------------------------------------------------------------
+# peak FLOP/s, for MFU
+
+# dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets
+GPU_PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,   # SXM; the PCIe card is ~756e12
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A6000": 155e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "A10": 125e12,
+    "L4": 121e12,
+    "T4": 65e12,
+    "V100": 125e12,
+}
+
+_cpu_peak_cache = {}
+
+
+def measure_cpu_matmul_flops(n=1024, dtype=torch.float32, seconds=0.5):
+    """Measure this CPU's fp32 matmul throughput (FLOP/s) with the current thread count.
+
+    A square matmul of size n is the best case for the hardware, so this is an honest
+    'peak' to divide by: MFU against it says how much of what the CPU can do we use."""
+    key = (n, dtype, torch.get_num_threads())
+    if key in _cpu_peak_cache:
+        return _cpu_peak_cache[key]
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b  # warm up
+    iters, t0 = 0, time.perf_counter()
+    while True:
+        a @ b
+        iters += 1
+        dt = time.perf_counter() - t0
+        if dt > seconds:
+            break
+    flops = 2 * n ** 3 * iters / dt
+    _cpu_peak_cache[key] = flops
+    return flops
+
+
+def get_peak_flops(device_type, measure_cpu=True):
+    """Peak FLOP/s of one device: a table lookup for known GPUs, a measured matmul for CPUs.
+
+    Returns (flops, description); flops is None when unknown (MFU is then not reported)."""
+    if device_type == "cuda":
+        name = torch.cuda.get_device_name()
+        for key, flops in GPU_PEAK_FLOPS.items():
+            if key in name:
+                if key == "H100" and "PCIe" in name:
+                    flops = 756e12
+                return flops, f"{name} (bf16 data-sheet peak)"
+        return None, f"{name} (unknown peak)"
+    if device_type == "cpu" and measure_cpu:
+        flops = measure_cpu_matmul_flops()
+        return flops, f"CPU fp32 matmul peak measured here ({torch.get_num_threads()} threads)"
+    return None, f"{device_type} (unknown peak)"
