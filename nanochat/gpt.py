@@ -1,0 +1,379 @@
+"""
+The GPT model: a decoder-only Transformer in the modern nanochat recipe.
+
+Pipeline position: token ids -> this model -> logits (or the loss). Every stage that trains or
+generates builds one of these from a GPTConfig; checkpoints store its state dict.
+
+What is in it, and why:
+- rotary position embeddings (no learned position table): position enters through rotations of q, k
+- QK-norm: q and k are RMS-normalised after rotary, which keeps attention logits in a sane range
+- RMSNorm with no learnable parameters, also applied to the token embedding
+- no biases anywhere; ReLU^2 MLP of width 4x; untied token embedding and LM head
+- logit soft-capping 15*tanh(x/15): logits can never explode
+- grouped-query attention (n_kv_head divides n_head): fewer K/V heads, smaller KV cache
+- an optional sliding-window pattern per layer ("SSSL": short, short, short, long), last layer full
+- value embeddings on alternating layers: a second token embedding mixed into V through a learned gate
+- per-layer learnable scalars: x = resid_lambda * x + x0_lambda * x0 (x0 = the embedded input)
+"""
+
+import math
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    sequence_len: int = 2048
+    vocab_size: int = 32768
+    n_layer: int = 12
+    n_head: int = 6
+    n_kv_head: int = 6
+    n_embd: int = 768
+    window_pattern: str = "L"
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def config_from_depth(depth, vocab_size, sequence_len, aspect_ratio=64, head_dim=128,
+                      n_kv_head=None, window_pattern="L"):
+    """The single knob: model dim = depth * aspect_ratio, rounded up to a multiple of head_dim."""
+    model_dim = depth * aspect_ratio
+    model_dim = ((model_dim + head_dim - 1) // head_dim) * head_dim
+    n_head = model_dim // head_dim
+    n_kv_head = n_head if n_kv_head is None else n_kv_head
+    return GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_head=n_head,
+                     n_kv_head=n_kv_head, n_embd=model_dim, window_pattern=window_pattern)
+
+
+def padded_vocab_size(vocab_size, multiple=64):
+    """Round the vocab up to a multiple of 64: the embedding / LM-head matmuls run faster."""
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+def has_value_embedding(layer_idx, n_layer):
+    """Value embeddings on alternating layers, always including the last one."""
+    return layer_idx % 2 == (n_layer - 1) % 2
+
+
+def layer_window_sizes(config):
+    """Attention window (in tokens) of each layer from the pattern: L = full context, S = half.
+
+    The pattern repeats over the layers, and the last layer always sees the full context."""
+    pattern = (config.window_pattern or "L").upper()
+    if any(c not in "SL" for c in pattern):
+        raise ValueError(f"window pattern '{config.window_pattern}' may only contain S and L")
+    long_w = config.sequence_len
+    short_w = max(1, config.sequence_len // 2)
+    sizes = [long_w if pattern[i % len(pattern)] == "L" else short_w for i in range(config.n_layer)]
+    sizes[-1] = long_w
+    return sizes
+
+
+def norm(x):
+    # RMSNorm without learnable parameters
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def apply_rotary_emb(x, cos, sin):
+    # x: (B, T, H, D); rotate the two halves of each head as pairs
+    d = x.shape[3] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    y1 = x1 * cos + x2 * sin
+    y2 = x1 * (-sin) + x2 * cos
+    return torch.cat([y1, y2], dim=3)
+
+
+# Flash Attention 3 is used on Hopper GPUs when its package is installed; SDPA everywhere else.
+try:
+    from flash_attn_interface import flash_attn_func as _fa3_func  # type: ignore
+except Exception:  # not installed (the usual case): SDPA it is
+    _fa3_func = None
+
+
+def _use_fa3(q):
+    return (_fa3_func is not None and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9
+            and q.dtype in (torch.bfloat16, torch.float16))
+
+
+def attention_mask(q_pos, k_len, window, device):
+    """Boolean mask (Tq, Tk), True where a query may attend: causal and within the window."""
+    k_pos = torch.arange(k_len, device=device)
+    diff = q_pos[:, None] - k_pos[None, :]
+    return (diff >= 0) & (diff < window)
+
+
+def attention(q, k, v, q_pos0, window):
+    """Scaled dot-product attention. q: (B, Tq, H, D); k, v: (B, Tk, Hkv, D); returns (B, Tq, H, D).
+
+    q_pos0 is the position of the first query (non-zero when decoding with a KV cache);
+    the keys cover positions 0 .. Tk-1."""
+    Tq, Tk = q.size(1), k.size(1)
+    full_causal = q_pos0 == 0 and Tq == Tk and window >= Tk
+    if full_causal and _use_fa3(q):
+        return _fa3_func(q, k, v, causal=True)
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+    gqa = qt.size(1) != kt.size(1)
+    if full_causal:
+        y = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
+    else:
+        q_pos = torch.arange(q_pos0, q_pos0 + Tq, device=q.device)
+        mask = attention_mask(q_pos, Tk, window, q.device)
+        y = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=gqa)
+    return y.transpose(1, 2)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head
+        self.head_dim = config.n_embd // config.n_head
+        assert config.n_embd % config.n_head == 0
+        assert config.n_head % config.n_kv_head == 0, "n_kv_head must divide n_head"
+        self.c_q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
+        self.c_k = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.ve_gate_channels = 32
+        self.ve_gate = None
+        if has_value_embedding(layer_idx, config.n_layer):
+            # gate = 2*sigmoid(W x[:, :32]), one number per KV head; zero init -> gate 1 at start
+            self.ve_gate = nn.Linear(self.ve_gate_channels, self.n_kv_head, bias=False)
+
+    def qkv(self, x, ve, cos, sin):
+        """Project to q, k, v with rotary and QK-norm applied (the tools reuse this)."""
+        B, T, C = x.size()
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        if ve is not None:
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))  # (B, T, Hkv)
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)
+        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
+        q, k = norm(q), norm(k)  # QK-norm
+        return q, k, v
+
+    def forward(self, x, ve, cos, sin, window, kv_cache=None):
+        B, T, C = x.size()
+        q, k, v = self.qkv(x, ve, cos, sin)  # (B, T, H|Hkv, D)
+        q_pos0 = 0
+        if kv_cache is not None:
+            q_pos0 = kv_cache.get_pos()
+            k, v = kv_cache.insert_kv(self.layer_idx, k, v)  # all keys so far: (B, q_pos0+T, Hkv, D)
+        y = attention(q, k, v, q_pos0, window)
+        return self.c_proj(y.reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU^2
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.mlp = MLP(config)
+
+    def forward(self, x, ve, cos, sin, window, kv_cache=None):
+        x = x + self.attn(norm(x), ve, cos, sin, window, kv_cache)
+        x = x + self.mlp(norm(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.vocab_size = padded_vocab_size(config.vocab_size)
+        self.window_sizes = layer_window_sizes(config)
+        head_dim = config.n_embd // config.n_head
+        kv_dim = config.n_kv_head * head_dim
+        self.transformer = nn.ModuleDict({
+            "wte": nn.Embedding(self.vocab_size, config.n_embd),
+            "h": nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+        })
+        self.lm_head = nn.Linear(config.n_embd, self.vocab_size, bias=False)
+        self.value_embeds = nn.ModuleDict({
+            str(i): nn.Embedding(self.vocab_size, kv_dim)
+            for i in range(config.n_layer) if has_value_embedding(i, config.n_layer)
+        })
+        self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
+        self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
+        # rotary tables for 10x the training length, so generation can run past it
+        self.rotary_seq_len = config.sequence_len * 10
+        cos, sin = self._precompute_rotary(self.rotary_seq_len, head_dim)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _precompute_rotary(self, seq_len, head_dim, base=10000, device=None):
+        if device is None:
+            device = self.transformer.wte.weight.device
+        channel_range = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
+        inv_freq = 1.0 / (base ** (channel_range / head_dim))
+        t = torch.arange(seq_len, dtype=torch.float32, device=device)
+        freqs = torch.outer(t, inv_freq)
+        cos, sin = freqs.cos(), freqs.sin()
+        return cos[None, :, None, :], sin[None, :, None, :]  # (1, T, 1, D/2)
+
+    @torch.no_grad()
+    def init_weights(self):
+        """Initialise every parameter explicitly (the model is usually built on the meta device)."""
+        n_embd = self.config.n_embd
+        s = 3 ** 0.5 * n_embd ** -0.5  # uniform bound with the std of N(0, 1/n_embd)
+        torch.nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
+        torch.nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
+        for block in self.transformer.h:
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                torch.nn.init.uniform_(lin.weight, -s, s)
+            # output projections start at zero: every block begins as the identity
+            torch.nn.init.zeros_(block.attn.c_proj.weight)
+            torch.nn.init.zeros_(block.mlp.c_proj.weight)
+            if block.attn.ve_gate is not None:
+                torch.nn.init.zeros_(block.attn.ve_gate.weight)
+        for emb in self.value_embeds.values():
+            torch.nn.init.uniform_(emb.weight, -s, s)
+        self.resid_lambdas.fill_(1.0)
+        self.x0_lambdas.fill_(0.1)
+        head_dim = n_embd // self.config.n_head
+        cos, sin = self._precompute_rotary(self.rotary_seq_len, head_dim, device=self.cos.device)
+        self.cos.copy_(cos)
+        self.sin.copy_(sin)
+
+    def get_device(self):
+        return self.transformer.wte.weight.device
+
+    # ------------------------------------------------------------------ counting
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def num_scaling_params(self):
+        """Parameters that count for scaling laws (Chinchilla-style): everything but the
+        embedding tables (token and value embeddings), which are lookups, not matmuls."""
+        emb = self.transformer.wte.weight.numel() + sum(e.weight.numel() for e in self.value_embeds.values())
+        return self.num_params() - emb
+
+    def param_counts(self):
+        """Parameter count by group, for printing and for the model calculator."""
+        h = self.transformer.h
+        return {
+            "token_embedding": self.transformer.wte.weight.numel(),
+            "value_embeddings": sum(e.weight.numel() for e in self.value_embeds.values()),
+            "attention": sum(p.numel() for b in h for n, p in b.attn.named_parameters() if not n.startswith("ve_gate")),
+            "value_gates": sum(b.attn.ve_gate.weight.numel() for b in h if b.attn.ve_gate is not None),
+            "mlp": sum(p.numel() for b in h for p in b.mlp.parameters()),
+            "scalars": self.resid_lambdas.numel() + self.x0_lambdas.numel(),
+            "lm_head": self.lm_head.weight.numel(),
+        }
+
+    def estimate_flops(self):
+        """Training FLOPs per token: 6 per matmul weight (2 forward, 4 backward) plus attention.
+
+        Embedding lookups do no matmul and are left out. Attention scores and the weighted sum of
+        values cost 2 * 2 * head_dim multiply-adds per head per attended key, forward; x3 with the
+        backward pass. Each layer attends over its window (capped at the sequence length)."""
+        nparams = self.num_params()
+        nparams_emb = self.transformer.wte.weight.numel() + sum(e.weight.numel() for e in self.value_embeds.values())
+        nparams_scalar = self.resid_lambdas.numel() + self.x0_lambdas.numel()
+        h = self.config.n_head
+        q = self.config.n_embd // self.config.n_head
+        t = self.config.sequence_len
+        attn_flops = sum(12 * h * q * min(w, t) for w in self.window_sizes)
+        return 6 * (nparams - nparams_emb - nparams_scalar) + attn_flops
+
+    # ------------------------------------------------------------------ optimizer
+
+    def setup_optimizers(self, unembedding_lr=0.004, embedding_lr=0.2, matrix_lr=0.02, scalar_lr=0.5,
+                         weight_decay=0.0, adam_betas=(0.8, 0.95), distributed=False):
+        """One optimizer: Muon for the 2-D matrices inside the blocks, AdamW for the rest."""
+        from nanochat.optim import MuonAdamW, DistMuonAdamW
+        model_dim = self.config.n_embd
+        # AdamW learning rates were tuned at dim 768; scale them as 1/sqrt(dim) for other sizes
+        dmodel_lr_scale = (model_dim / 768) ** -0.5
+        matrix_params = [p for p in self.transformer.h.parameters()]
+        embedding_params = [self.transformer.wte.weight] + [e.weight for e in self.value_embeds.values()]
+        lm_head_params = [self.lm_head.weight]
+        scalar_params = [self.resid_lambdas, self.x0_lambdas]
+        n_grouped = len(matrix_params) + len(embedding_params) + len(lm_head_params) + len(scalar_params)
+        assert n_grouped == len(list(self.parameters())), "every parameter belongs to exactly one group"
+        groups = [
+            dict(kind="adamw", name="lm_head", params=lm_head_params, lr=unembedding_lr * dmodel_lr_scale,
+                 betas=adam_betas, eps=1e-10, weight_decay=0.0),
+            dict(kind="adamw", name="embedding", params=embedding_params, lr=embedding_lr * dmodel_lr_scale,
+                 betas=adam_betas, eps=1e-10, weight_decay=0.0),
+            dict(kind="adamw", name="scalar", params=scalar_params, lr=scalar_lr,
+                 betas=adam_betas, eps=1e-10, weight_decay=0.0),
+            dict(kind="muon", name="matrix", params=matrix_params, lr=matrix_lr, momentum=0.95,
+                 nesterov=True, ns_steps=5, weight_decay=weight_decay),
+        ]
+        cls = DistMuonAdamW if distributed else MuonAdamW
+        optimizer = cls(groups)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+        return optimizer
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
+        """idx: (B, T) token ids. With targets (B, T) returns the loss (targets -1 are ignored);
+        without, returns logits (B, T, vocab). With a kv_cache, positions continue from the cache."""
+        B, T = idx.size()
+        pos0 = 0 if kv_cache is None else kv_cache.get_pos()
+        assert pos0 + T <= self.cos.size(1), f"sequence too long for the rotary table: {pos0 + T}"
+        cos, sin = self.cos[:, pos0:pos0 + T], self.sin[:, pos0:pos0 + T]
+        x = norm(self.transformer.wte(idx))  # (B, T, C)
+        x0 = x
+        for i, block in enumerate(self.transformer.h):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, ve, cos, sin, self.window_sizes[i], kv_cache)
+        x = norm(x)
+        logits = self.lm_head(x)[..., :self.config.vocab_size]  # drop the padding columns
+        softcap = 15.0
+        logits = softcap * torch.tanh(logits.float() / softcap)  # (B, T, vocab)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=-1, reduction=loss_reduction)
+
+    @torch.no_grad()
+    def generate(self, tokens, max_tokens, temperature=1.0, top_k=None, seed=42):
+        """Plain autoregressive sampling without a KV cache (the reference the engine is tested against)."""
+        device = self.get_device()
+        rng = torch.Generator(device=device)
+        rng.manual_seed(seed)
+        ids = torch.tensor([tokens], dtype=torch.long, device=device)
+        for _ in range(max_tokens):
+            logits = self.forward(ids)[:, -1, :]
+            if top_k is not None and top_k > 0:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            if temperature > 0:
+                probs = F.softmax(logits / temperature, dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=rng)
+            else:
+                next_id = torch.argmax(logits, dim=-1, keepdim=True)
+            ids = torch.cat((ids, next_id), dim=1)
+            yield next_id.item()
+
+
+def build_model(config, device):
+    """Build a GPT on the meta device (no memory touched), move it to `device` and initialise it."""
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()
+    return model
