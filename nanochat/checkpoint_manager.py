@@ -1,0 +1,289 @@
+"""
+Saving, finding and loading checkpoints, and the per-step metrics log.
+
+Pipeline position: every training stage saves here; every stage after it, the chat front ends and
+the learning tools load from here. The file layout is upstream nanochat's, so checkpoints from it
+load too:
+
+    $NANOCHAT_BASE_DIR/<stage>_checkpoints/<model_tag>/
+        model_<step:06d>.pt             the model's state dict
+        meta_<step:06d>.json            config, CLI arguments, loop state, ...
+        optim_<step:06d>_rank<r>.pt     optimizer (+ dataloader / RNG) state of rank r (optional)
+        metrics.jsonl                   one JSON object per training step (this project)
+
+Every write goes to a temporary name first and is renamed into place, so a crash mid-save never
+leaves a file that looks whole but is not.
+"""
+
+import os
+import re
+import glob
+import json
+
+import torch
+
+from nanochat.common import get_base_dir, UserError, print0
+
+STAGE_DIRS = {
+    "base": "base_checkpoints",
+    "mid": "mid_checkpoints",
+    "sft": "chatsft_checkpoints",
+    "rl": "chatrl_checkpoints",
+}
+
+_MODEL_RE = re.compile(r"^model_(\d+)\.pt$")
+
+
+# -----------------------------------------------------------------------------
+# paths and discovery
+
+def stage_dir(source, base_dir=None):
+    """Folder of one stage ('base', 'mid', 'sft', 'rl')."""
+    if source not in STAGE_DIRS:
+        raise UserError(f"unknown source '{source}': use one of {', '.join(STAGE_DIRS)}")
+    return os.path.join(base_dir or get_base_dir(), STAGE_DIRS[source])
+
+
+def checkpoint_dir(source, model_tag, base_dir=None):
+    return os.path.join(stage_dir(source, base_dir), model_tag)
+
+
+def list_steps(ckpt_dir):
+    """Sorted steps that have a model file in this folder."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    steps = []
+    for name in os.listdir(ckpt_dir):
+        m = _MODEL_RE.match(name)
+        if m:
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def list_complete_steps(ckpt_dir):
+    """Steps with both a model file and a meta file that parses (the optimizer is optional)."""
+    good = []
+    for step in list_steps(ckpt_dir):
+        try:
+            read_meta(ckpt_dir, step)
+        except UserError:
+            continue
+        good.append(step)
+    return good
+
+
+def find_last_step(ckpt_dir):
+    """The largest step with a complete checkpoint (model + readable meta)."""
+    steps = list_complete_steps(ckpt_dir)
+    if not steps:
+        raise UserError(f"no complete checkpoint (model_*.pt + meta_*.json) in {ckpt_dir}")
+    return steps[-1]
+
+
+def list_model_tags(stage_path):
+    if not os.path.isdir(stage_path):
+        return []
+    return sorted(d for d in os.listdir(stage_path)
+                  if os.path.isdir(os.path.join(stage_path, d)) and list_steps(os.path.join(stage_path, d)))
+
+
+def find_largest_model(stage_path):
+    """The model tag to load by default: the deepest d<N> tag, else the most recently modified."""
+    tags = list_model_tags(stage_path)
+    if not tags:
+        raise UserError(f"no checkpoints in {stage_path}; train this stage first")
+    depth_tags = [(int(m.group(1)), t) for t in tags if (m := re.fullmatch(r"d(\d+)", t))]
+    if depth_tags:
+        return max(depth_tags)[1]
+    return max(tags, key=lambda t: os.path.getmtime(os.path.join(stage_path, t)))
+
+
+def list_checkpoints(base_dir=None):
+    """Every (source, model_tag, step, folder) found under the base dir, for browsers and tools."""
+    found = []
+    for source in STAGE_DIRS:
+        sdir = stage_dir(source, base_dir)
+        for tag in list_model_tags(sdir):
+            cdir = os.path.join(sdir, tag)
+            for step in list_steps(cdir):
+                found.append((source, tag, step, cdir))
+    return found
+
+
+def model_path(ckpt_dir, step):
+    return os.path.join(ckpt_dir, f"model_{step:06d}.pt")
+
+
+def meta_path(ckpt_dir, step):
+    return os.path.join(ckpt_dir, f"meta_{step:06d}.json")
+
+
+def optim_path(ckpt_dir, step, rank=0):
+    return os.path.join(ckpt_dir, f"optim_{step:06d}_rank{rank:d}.pt")
+
+
+# -----------------------------------------------------------------------------
+# atomic writes
+
+def _atomic_torch_save(obj, path):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(ckpt_dir, step, model_state, optim_state, meta, rank=0):
+    """Save one checkpoint. Rank 0 writes model + meta; every rank writes its optimizer shard.
+
+    The model is written before the meta, and the meta last: a checkpoint only counts as
+    complete (list_complete_steps) once its meta exists, so a crash leaves no fake checkpoint."""
+    os.makedirs(ckpt_dir, exist_ok=True)
+    if optim_state is not None:
+        _atomic_torch_save(optim_state, optim_path(ckpt_dir, step, rank))
+    if rank == 0:
+        _atomic_torch_save(model_state, model_path(ckpt_dir, step))
+        _atomic_write_text(json.dumps(meta, indent=2, default=str), meta_path(ckpt_dir, step))
+
+
+# -----------------------------------------------------------------------------
+# reading
+
+def read_meta(ckpt_dir, step):
+    """The meta dict of one step. Missing or corrupt files become a UserError naming the file."""
+    path = meta_path(ckpt_dir, step)
+    if not os.path.exists(path):
+        raise UserError(f"missing meta file {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"corrupt meta file {path} ({e.__class__.__name__}); delete it or pick another --step")
+    if not isinstance(meta, dict) or "model_config" not in meta:
+        raise UserError(f"meta file {path} has no model_config; it is not a nanochat checkpoint meta")
+    return meta
+
+
+def load_checkpoint(ckpt_dir, step, device="cpu", load_optimizer=False, rank=0):
+    """Returns (model_state, optim_state or None, meta)."""
+    path = model_path(ckpt_dir, step)
+    if not os.path.exists(path):
+        steps = list_steps(ckpt_dir)
+        hint = f"available steps: {', '.join(map(str, steps))}" if steps else "the folder has no checkpoints"
+        raise UserError(f"no checkpoint at step {step} in {ckpt_dir} ({hint})")
+    meta = read_meta(ckpt_dir, step)
+    try:
+        model_state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot load {path}: {e.__class__.__name__} (truncated or corrupt file?)")
+    optim_state = None
+    if load_optimizer:
+        opath = optim_path(ckpt_dir, step, rank)
+        if not os.path.exists(opath):
+            raise UserError(f"missing optimizer state {opath}: this checkpoint cannot be resumed exactly")
+        optim_state = torch.load(opath, map_location=device, weights_only=False)
+    return model_state, optim_state, meta
+
+
+def clean_state_dict(state):
+    """Strip the '_orig_mod.' prefix that torch.compile adds to parameter names."""
+    return {k.removeprefix("_orig_mod."): v for k, v in state.items()}
+
+
+def build_model(ckpt_dir, step, device, phase="eval"):
+    """Rebuild the model of one checkpoint and the tokenizer. Returns (model, tokenizer, meta)."""
+    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.tokenizer import get_tokenizer
+    model_state, _, meta = load_checkpoint(ckpt_dir, step, device)
+    cfg = dict(meta["model_config"])
+    cfg.setdefault("window_pattern", "L")
+    config = GPTConfig(**{k: v for k, v in cfg.items() if k in GPTConfig.__dataclass_fields__})
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()  # fills the non-persistent rotary buffers
+    model_state = clean_state_dict(model_state)
+    if torch.device(device).type in ("cpu", "mps"):
+        # upstream GPU checkpoints may hold bf16 weights; CPUs and MPS run in fp32
+        model_state = {k: v.float() if v.is_floating_point() else v for k, v in model_state.items()}
+    try:
+        model.load_state_dict(model_state, strict=True, assign=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"weights in {model_path(ckpt_dir, step)} do not match its meta config ({first})")
+    model.train(phase == "train")
+    tokenizer = get_tokenizer()
+    if tokenizer.get_vocab_size() != config.vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model expects "
+                        f"{config.vocab_size}; was the tokenizer retrained after this model?")
+    return model, tokenizer, meta
+
+
+def resolve_checkpoint(source, model_tag=None, step=None, base_dir=None):
+    """(folder, model_tag, step) for a source, defaulting to the largest model and its last step."""
+    sdir = stage_dir(source, base_dir)
+    if model_tag is None:
+        model_tag = find_largest_model(sdir)
+    cdir = os.path.join(sdir, model_tag)
+    if not os.path.isdir(cdir):
+        tags = list_model_tags(sdir)
+        hint = f"available: {', '.join(tags)}" if tags else "this stage has no checkpoints yet"
+        raise UserError(f"unknown model tag '{model_tag}' for source '{source}' ({hint})")
+    if step is None:
+        step = find_last_step(cdir)
+    return cdir, model_tag, step
+
+
+def load_model(source, device, phase="eval", model_tag=None, step=None, base_dir=None, verbose=True):
+    """Load a model from a stage: returns (model, tokenizer, meta) and says what it loaded."""
+    cdir, model_tag, step = resolve_checkpoint(source, model_tag, step, base_dir)
+    model, tokenizer, meta = build_model(cdir, step, device, phase)
+    if verbose:
+        print0(f"loaded {source} model {model_tag} step {step} from {cdir}")
+    return model, tokenizer, meta
+
+
+# -----------------------------------------------------------------------------
+# metrics.jsonl
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def append_metrics(ckpt_dir, record):
+    os.makedirs(ckpt_dir, exist_ok=True)
+    with open(os.path.join(ckpt_dir, METRICS_FILE), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(ckpt_dir):
+    """All records of metrics.jsonl (an unparseable last line, from a crash mid-write, is skipped)."""
+    path = os.path.join(ckpt_dir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def truncate_metrics(ckpt_dir, last_step):
+    """Drop records after `last_step` (on resume, so the log has each step exactly once)."""
+    path = os.path.join(ckpt_dir, METRICS_FILE)
+    if not os.path.exists(path):
+        return
+    kept = [r for r in read_metrics(ckpt_dir) if r.get("step", 0) <= last_step]
+    _atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), path)

@@ -1,0 +1,45 @@
+"""
+Bits per byte: the validation loss that does not depend on the tokenizer.
+
+Pipeline position: base_train (periodic val), base_loss and the report use it.
+
+Cross-entropy per *token* cannot be compared between tokenizers: a vocabulary with longer tokens
+has fewer, harder predictions. Dividing the total loss (converted from nats to bits) by the total
+number of UTF-8 *bytes* those tokens stand for gives a figure any two models can be compared on.
+Special tokens (byte length 0) are left out of both sums.
+"""
+
+import math
+
+import torch
+import torch.distributed as dist
+
+
+@torch.no_grad()
+def evaluate_bpb(model, batches, steps, token_bytes, autocast=None):
+    """Mean bits per byte over `steps` batches of (inputs, targets) from the iterator `batches`.
+
+    token_bytes: 1-D tensor, number of bytes of each token id (0 for special tokens).
+    Under DDP the sums are added across ranks, so every rank returns the same figure."""
+    import contextlib
+    autocast = autocast or contextlib.nullcontext
+    device = model.get_device()
+    total_nats = torch.tensor(0.0, dtype=torch.float64, device=device)
+    total_bytes = torch.tensor(0, dtype=torch.int64, device=device)
+    token_bytes = token_bytes.to(device)
+    for _ in range(steps):
+        x, y = next(batches)
+        with autocast():
+            loss = model(x, y, loss_reduction="none").view(-1)  # (B*T,) nats per target token
+        y = y.reshape(-1)
+        valid = y >= 0
+        nbytes = torch.where(valid, token_bytes[y.clamp(min=0)], torch.zeros_like(y))
+        counted = nbytes > 0
+        total_nats += (loss.double() * counted).sum()
+        total_bytes += nbytes.sum()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total_nats)
+        dist.all_reduce(total_bytes)
+    if total_bytes.item() == 0:
+        return float("inf")
+    return total_nats.item() / (math.log(2) * total_bytes.item())

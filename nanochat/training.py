@@ -1,0 +1,166 @@
+"""
+The parts of a training loop that every training stage shares: the learning-rate schedule,
+Muon's momentum warmup, exact save/resume of the whole training state, the per-step metrics
+record and the live progress line.
+
+Pipeline position: scripts/base_train.py, mid_train.py, chat_sft.py and chat_rl.py call these;
+the tools (resume helper, LR finder, dashboard) read what they write.
+"""
+
+import os
+import sys
+import time
+import random
+
+import numpy as np
+import torch
+
+from nanochat.common import print0, format_duration, UserError
+from nanochat import checkpoint_manager as cm
+
+
+# -----------------------------------------------------------------------------
+# schedules
+
+def lr_multiplier(step, num_iterations, warmup_ratio=0.0, warmdown_ratio=0.4, final_lr_frac=0.0):
+    """Warmup (linear from 0), then constant 1.0, then linear warmdown to final_lr_frac.
+
+    `step` counts optimizer steps already taken (0 for the first update)."""
+    warmup = round(warmup_ratio * num_iterations)
+    warmdown = round(warmdown_ratio * num_iterations)
+    if step < warmup:
+        return (step + 1) / warmup
+    if step <= num_iterations - warmdown:
+        return 1.0
+    progress = (num_iterations - step) / warmdown  # 1 -> 0 over the warmdown
+    return progress * 1.0 + (1 - progress) * final_lr_frac
+
+
+def muon_momentum(step, start=0.85, end=0.95, ramp_steps=300):
+    """Muon momentum ramps from 0.85 to 0.95 over the first 300 steps (less noisy early updates)."""
+    frac = min(step / ramp_steps, 1.0)
+    return (1 - frac) * start + frac * end
+
+
+def apply_lr(optimizer, multiplier, step):
+    """Set each group's lr to initial_lr * multiplier (and Muon's momentum). Returns {name: lr}."""
+    lrs = {}
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * multiplier
+        if group["kind"] == "muon":
+            group["momentum"] = muon_momentum(step)
+        lrs[group.get("name", str(len(lrs)))] = group["lr"]
+    return lrs
+
+
+def training_length(num_iterations, target_flops, target_param_data_ratio, flops_per_token,
+                    num_scaling_params, total_batch_size):
+    """Number of optimizer steps from whichever of the three ways was given (first one wins)."""
+    if num_iterations > 0:
+        return num_iterations, "--num-iterations"
+    if target_flops > 0:
+        return max(1, round(target_flops / (flops_per_token * total_batch_size))), "--target-flops"
+    if target_param_data_ratio > 0:
+        tokens = target_param_data_ratio * num_scaling_params
+        return max(1, int(tokens // total_batch_size)), "--target-param-data-ratio"
+    raise UserError("no training length: give --num-iterations, --target-flops or --target-param-data-ratio")
+
+
+def grad_accum_steps(total_batch_size, device_batch_size, seq_len, world_size):
+    per_step = device_batch_size * seq_len * world_size
+    if total_batch_size % per_step != 0:
+        raise UserError(f"--total-batch-size {total_batch_size} is not a multiple of device batch x sequence x "
+                        f"processes = {device_batch_size} x {seq_len} x {world_size} = {per_step}; "
+                        f"use a multiple of {per_step}")
+    return total_batch_size // per_step
+
+
+# -----------------------------------------------------------------------------
+# random state
+
+def get_rng_state():
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -----------------------------------------------------------------------------
+# save / resume the whole training state
+
+def save_training_checkpoint(ckpt_dir, step, model, optimizer, loader_state, meta, rt):
+    """Model + meta on rank 0; every rank saves optimizer shard + its loader position + RNG."""
+    optim_state = {"optimizer": optimizer.state_dict(), "dataloader": loader_state, "rng": get_rng_state()}
+    meta = dict(meta)
+    meta.setdefault("rng_state", os.path.basename(cm.optim_path(ckpt_dir, step, 0)).replace("rank0", "rank<r>"))
+    cm.save_checkpoint(ckpt_dir, step, model.state_dict(), optim_state, meta, rank=rt.rank)
+    if rt.ddp:
+        torch.distributed.barrier()
+
+
+def load_training_checkpoint(ckpt_dir, step, model, optimizer, rt):
+    """Restore model, optimizer and RNG for --resume-from-step. Returns (meta, loader_state)."""
+    model_state, optim_state, meta = cm.load_checkpoint(ckpt_dir, step, rt.device, load_optimizer=True,
+                                                        rank=rt.rank)
+    model.load_state_dict(cm.clean_state_dict(model_state), strict=True)
+    loader_state = meta.get("dataloader_state_dict")
+    if "optimizer" in optim_state and "rng" in optim_state:
+        optimizer.load_state_dict(optim_state["optimizer"])
+        set_rng_state(optim_state["rng"])
+        loader_state = optim_state.get("dataloader") or loader_state
+    else:  # an upstream optimizer file: the optimizer state only
+        optimizer.load_state_dict(optim_state)
+    if meta.get("world_size", rt.world_size) != rt.world_size:
+        print0(f"note: the checkpoint was trained with {meta.get('world_size')} processes, now {rt.world_size}; "
+               f"data order will differ from an uninterrupted run")
+    return meta, loader_state
+
+
+# -----------------------------------------------------------------------------
+# progress
+
+class EMA:
+    """Exponential moving average with bias correction: the first values are not pulled to 0,
+    and adding a point never changes the smoothed values of earlier points."""
+
+    def __init__(self, beta=0.9, value=0.0, count=0):
+        self.beta, self.value, self.count = beta, value, count
+
+    def update(self, x):
+        self.count += 1
+        self.value = self.beta * self.value + (1 - self.beta) * x
+        return self.debiased()
+
+    def debiased(self):
+        return self.value / (1 - self.beta ** self.count) if self.count else float("nan")
+
+
+class Progress:
+    """The live line: step, loss, LR, tokens/s, MFU and ETA, on rank 0."""
+
+    def __init__(self, num_iterations, start_step=0):
+        self.num_iterations = num_iterations
+        self.start_step = start_step
+        self.t0 = time.time()
+        self.tty = sys.stdout.isatty()
+
+    def line(self, step, loss, lr_mult, dt, tok_per_sec, mfu, extra=""):
+        done = step + 1
+        elapsed = time.time() - self.t0
+        rate = (done - self.start_step) / max(elapsed, 1e-9)
+        eta = (self.num_iterations - done) / rate if rate > 0 else 0
+        pct = 100 * done / self.num_iterations
+        mfu_s = f" | mfu {mfu:5.1f}%" if mfu is not None else ""
+        return (f"step {done:05d}/{self.num_iterations:05d} ({pct:5.1f}%) | loss {loss:.4f} | lr x{lr_mult:.3f} "
+                f"| dt {dt * 1000:6.0f}ms | tok/s {tok_per_sec:,.0f}{mfu_s} | eta {format_duration(eta)}{extra}")
+
+    def print(self, *args, **kwargs):
+        print0(self.line(*args, **kwargs))

@@ -1,0 +1,259 @@
+"""
+Pretraining: train the base model from scratch on the pretraining text.
+
+Pipeline position: after the tokenizer (scripts/tok_train.py); writes base_checkpoints/<tag>/,
+which midtraining (scripts/mid_train.py) and the evaluations start from.
+
+One batch, followed with a finger: DataLoader packs documents into (B, T) rows -> the GPT returns
+the mean cross-entropy -> backward, accumulated over micro-batches until --total-batch-size tokens
+-> MuonAdamW step with the scheduled learning rate -> metrics.jsonl line + progress line ->
+every --save-every steps a checkpoint that --resume-from-step continues exactly.
+
+Examples:
+    python -m scripts.base_train --depth 4 --max-seq-len 256 --num-iterations 200
+    torchrun --standalone --nproc_per_node=8 -m scripts.base_train --depth 20
+    python -m scripts.base_train --depth 4 --resume-from-step 100
+"""
+
+import os
+import time
+import argparse
+
+import torch
+
+from nanochat.common import (compute_init, compute_cleanup, print0, get_base_dir, get_peak_flops, run_main,
+                             UserError, format_duration)
+from nanochat.gpt import config_from_depth, build_model
+from nanochat.dataloader import DataLoader
+from nanochat.loss_eval import evaluate_bpb
+from nanochat import checkpoint_manager as cm
+from nanochat import training as tr
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # run
+    p.add_argument("--run", type=str, default="dummy", help="run name (recorded in the meta and report)")
+    p.add_argument("--device-type", type=str, default="", help="cuda|cpu|mps (empty: autodetect)")
+    p.add_argument("--model-tag", type=str, default=None, help="checkpoint folder name (default d<depth>)")
+    p.add_argument("--data-dir", type=str, default=None, help="folder of .parquet/.txt/.jsonl (default: downloaded shards, else the embedded corpus)")
+    p.add_argument("--seed", type=int, default=42)
+    # model
+    p.add_argument("--depth", type=int, default=20, help="number of layers; sets the model size")
+    p.add_argument("--aspect-ratio", type=int, default=64, help="model dim = depth x aspect ratio")
+    p.add_argument("--head-dim", type=int, default=128, help="attention head dimension")
+    p.add_argument("--n-kv-head", type=int, default=0, help="KV heads for grouped-query attention (0: same as heads)")
+    p.add_argument("--max-seq-len", type=int, default=2048, help="context length")
+    p.add_argument("--window-pattern", type=str, default="SSSL", help="per-layer attention windows, S=half L=full")
+    # length
+    p.add_argument("--num-iterations", type=int, default=-1, help="explicit number of steps (-1: derive)")
+    p.add_argument("--target-flops", type=float, default=-1.0, help="train for this many FLOPs")
+    p.add_argument("--target-param-data-ratio", type=float, default=20.0, help="tokens = ratio x scaling params (Chinchilla: 20)")
+    # batch
+    p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward/backward per process")
+    p.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step")
+    # optimizer
+    p.add_argument("--embedding-lr", type=float, default=0.2)
+    p.add_argument("--unembedding-lr", type=float, default=0.004)
+    p.add_argument("--matrix-lr", type=float, default=0.02, help="Muon learning rate")
+    p.add_argument("--scalar-lr", type=float, default=0.5)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay of the Muon matrices")
+    p.add_argument("--warmup-ratio", type=float, default=0.0)
+    p.add_argument("--warmdown-ratio", type=float, default=0.4)
+    p.add_argument("--final-lr-frac", type=float, default=0.0)
+    p.add_argument("--compile", type=int, default=-1, help="torch.compile the model (1/0; -1: on CUDA only)")
+    # evaluation and saving
+    p.add_argument("--eval-every", type=int, default=250, help="val bpb every N steps (-1: never)")
+    p.add_argument("--eval-tokens", type=int, default=10 * 524288, help="tokens per val bpb evaluation")
+    p.add_argument("--core-metric-every", type=int, default=2000, help="CORE score every N steps (-1: never)")
+    p.add_argument("--core-metric-max-per-task", type=int, default=500)
+    p.add_argument("--sample-every", type=int, default=2000, help="print samples every N steps (-1: never)")
+    p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (the last step is always saved)")
+    p.add_argument("--resume-from-step", type=int, default=-1, help="continue a run from its checkpoint at this step")
+    return p.parse_args(argv)
+
+
+SAMPLE_PROMPTS = ["The capital of France is", "Once upon a time", "To be, or not to be", "My lord, I"]
+
+
+def sample_text(model, tokenizer, prompts, max_tokens=24):
+    lines = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
+        out = list(model.generate(ids, max_tokens, temperature=0.0))
+        lines.append(prompt + tokenizer.decode(out))
+    return lines
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    user_config = vars(args).copy()
+    rt = compute_init(args.device_type, seed=args.seed)
+    from nanochat.tokenizer import get_tokenizer, get_token_bytes
+    tokenizer = get_tokenizer()
+    token_bytes = get_token_bytes(rt.device)
+    vocab_size = tokenizer.get_vocab_size()
+
+    if args.depth < 1 or args.max_seq_len < 2 or args.device_batch_size < 1:
+        raise UserError("--depth, --max-seq-len and --device-batch-size must be positive")
+    config = config_from_depth(args.depth, vocab_size, args.max_seq_len, args.aspect_ratio, args.head_dim,
+                               args.n_kv_head or None, args.window_pattern)
+    if config.n_head % config.n_kv_head:
+        raise UserError(f"--n-kv-head {config.n_kv_head} must divide the number of heads {config.n_head}")
+    model = build_model(config, rt.device)
+    num_params = model.num_params()
+    num_scaling = model.num_scaling_params()
+    flops_per_token = model.estimate_flops()
+    grad_accum = tr.grad_accum_steps(args.total_batch_size, args.device_batch_size, args.max_seq_len, rt.world_size)
+    num_iterations, length_from = tr.training_length(args.num_iterations, args.target_flops,
+                                                     args.target_param_data_ratio, flops_per_token, num_scaling,
+                                                     args.total_batch_size)
+    model_tag = args.model_tag or f"d{args.depth}"
+    ckpt_dir = cm.checkpoint_dir("base", model_tag)
+    print0(f"model {model_tag}: {config.n_layer} layers, dim {config.n_embd}, {config.n_head} heads "
+           f"({config.n_kv_head} kv), vocab {vocab_size}, context {config.sequence_len}")
+    print0(f"parameters: {num_params:,} ({num_scaling:,} counted for scaling) | FLOPs/token {flops_per_token:.3e}")
+    print0(f"steps: {num_iterations} (from {length_from}) x {args.total_batch_size:,} tokens "
+           f"= {num_iterations * args.total_batch_size:,} tokens | grad accumulation {grad_accum} | "
+           f"{rt.world_size} process(es) on {rt.device_type}")
+
+    optimizer = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
+                                       matrix_lr=args.matrix_lr, scalar_lr=args.scalar_lr,
+                                       weight_decay=args.weight_decay, distributed=rt.ddp)
+    start_step, loader_state = 0, None
+    loop_state = {"min_val_bpb": float("inf"), "smooth_train_loss": 0.0, "smooth_count": 0,
+                  "total_training_time": 0.0, "tokens_seen": 0}
+    val_bpb = None
+    if args.resume_from_step >= 0:
+        start_step = args.resume_from_step
+        meta, loader_state = tr.load_training_checkpoint(ckpt_dir, start_step, model, optimizer, rt)
+        loop_state.update(meta.get("loop_state", {}))
+        val_bpb = meta.get("val_bpb")
+        if rt.master:
+            cm.truncate_metrics(ckpt_dir, start_step)
+        print0(f"resumed from {ckpt_dir} step {start_step}")
+    elif rt.master and os.path.exists(os.path.join(ckpt_dir, cm.METRICS_FILE)):
+        os.remove(os.path.join(ckpt_dir, cm.METRICS_FILE))  # a fresh run starts a fresh log
+
+    train_loader = DataLoader(tokenizer, args.device_batch_size, args.max_seq_len, "train", rt.device,
+                              args.data_dir, rt.rank, rt.world_size, state=loader_state)
+    batches = iter(train_loader)
+
+    def val_batches():
+        return iter(DataLoader(tokenizer, args.device_batch_size, args.max_seq_len, "val", rt.device,
+                               args.data_dir, rt.rank, rt.world_size))
+
+    eval_steps = max(1, args.eval_tokens // (args.device_batch_size * args.max_seq_len * rt.world_size))
+    use_compile = args.compile == 1 or (args.compile == -1 and rt.device_type == "cuda")
+    train_model = torch.compile(model, dynamic=False) if use_compile else model
+    peak_flops, peak_desc = get_peak_flops(rt.device_type)
+    print0(f"peak for MFU: {peak_desc}" + (f" = {peak_flops / 1e9:,.0f} GFLOP/s" if peak_flops else ""))
+
+    def run_val():
+        model.eval()
+        bpb = evaluate_bpb(model, val_batches(), eval_steps, token_bytes, rt.autocast)
+        model.train()
+        return bpb
+
+    if args.eval_every > 0 and start_step == 0:
+        val_bpb = run_val()
+        print0(f"step 00000 | val bpb {val_bpb:.4f} (untrained)")
+
+    smooth = tr.EMA(0.9, loop_state["smooth_train_loss"], loop_state.get("smooth_count", 0))
+    progress = tr.Progress(num_iterations, start_step)
+    train_loss = None
+    lrs = {}
+    for step in range(start_step, num_iterations):
+        done = step + 1
+        # ---- one optimizer step
+        rt.synchronize()
+        t0 = time.time()
+        loss_sum = 0.0
+        for _ in range(grad_accum):
+            x, y = next(batches)
+            with rt.autocast():
+                loss = train_model(x, y)
+            loss_sum += loss.detach()
+            (loss / grad_accum).backward()
+        lr_mult = tr.lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
+        lrs = tr.apply_lr(optimizer, lr_mult, step)
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        train_loss_t = loss_sum / grad_accum
+        if rt.ddp:
+            torch.distributed.all_reduce(train_loss_t, op=torch.distributed.ReduceOp.AVG)
+        train_loss = train_loss_t.item()
+        rt.synchronize()
+        dt = time.time() - t0
+        if not torch.isfinite(torch.tensor(train_loss)):
+            print0(f"step {done}: the loss is {train_loss}; training diverged (try a lower learning rate)")
+        # ---- bookkeeping
+        loop_state["total_training_time"] += dt
+        loop_state["tokens_seen"] += args.total_batch_size
+        smooth.update(train_loss)
+        loop_state["smooth_train_loss"], loop_state["smooth_count"] = smooth.value, smooth.count
+        tok_per_sec = args.total_batch_size / dt
+        mfu = 100 * flops_per_token * tok_per_sec / (peak_flops * rt.world_size) if peak_flops else None
+        last = done == num_iterations
+        measured_val = None
+        if args.eval_every > 0 and (done % args.eval_every == 0 or last):
+            val_bpb = measured_val = run_val()
+            loop_state["min_val_bpb"] = min(loop_state["min_val_bpb"], val_bpb)
+        progress.print(step, smooth.debiased(), lr_mult, dt, tok_per_sec, mfu,
+                       extra=f" | val bpb {measured_val:.4f}" if measured_val is not None else "")
+        if rt.master:
+            record = {"step": done, "tokens": loop_state["tokens_seen"], "train_loss": train_loss,
+                      "smooth_train_loss": smooth.debiased(), "lr": lr_mult, "lrs": lrs, "dt": dt,
+                      "tokens_per_sec": tok_per_sec, "mfu": mfu, "time": loop_state["total_training_time"],
+                      "wall": time.time()}
+            if measured_val is not None:
+                record["val_bpb"] = measured_val
+            cm.append_metrics(ckpt_dir, record)
+        if args.core_metric_every > 0 and (done % args.core_metric_every == 0 or last):
+            try:
+                from nanochat.core_eval import evaluate_core_for_training
+            except ImportError:
+                evaluate_core_for_training = None
+            if evaluate_core_for_training is not None:
+                core = evaluate_core_for_training(model, tokenizer, rt, args.core_metric_max_per_task)
+                if core is not None:
+                    print0(f"step {done:05d} | CORE {core:.4f}")
+        if rt.master and args.sample_every > 0 and (done % args.sample_every == 0 or last):
+            model.eval()
+            for line in sample_text(model, tokenizer, SAMPLE_PROMPTS):
+                print0("  sample: " + line.replace("\n", " "))
+            model.train()
+        if last or (args.save_every > 0 and done % args.save_every == 0):
+            meta = {
+                "step": done, "val_bpb": val_bpb, "model_config": config.to_dict(), "user_config": user_config,
+                "device_batch_size": args.device_batch_size, "max_seq_len": args.max_seq_len,
+                "total_batch_size": args.total_batch_size, "dataloader_state_dict": train_loader.state_dict(),
+                "loop_state": loop_state, "train_loss": train_loss,
+                "lr": {"multiplier": lr_mult, **lrs}, "num_iterations": num_iterations,
+                "tokens_seen": loop_state["tokens_seen"], "world_size": rt.world_size, "stage": "base",
+            }
+            tr.save_training_checkpoint(ckpt_dir, done, model, optimizer, train_loader.state_dict(), meta, rt)
+            print0(f"saved checkpoint {cm.model_path(ckpt_dir, done)}")
+
+    total_time = loop_state["total_training_time"]
+    print0(f"done: {num_iterations} steps in {format_duration(total_time)} of training | "
+           f"min val bpb {loop_state['min_val_bpb']:.4f}" if loop_state["min_val_bpb"] != float("inf") else
+           f"done: {num_iterations} steps in {format_duration(total_time)} of training")
+    if rt.master:
+        try:
+            from nanochat.report import get_report
+            get_report().log(section="Base model training", data=[
+                user_config,
+                {"Number of parameters": num_params, "FLOPs per token": f"{flops_per_token:e}",
+                 "Steps": num_iterations, "Tokens": loop_state["tokens_seen"],
+                 "Final train loss": train_loss, "Min val bpb": loop_state["min_val_bpb"],
+                 "Training time": format_duration(total_time),
+                 "Peak": peak_desc},
+            ])
+        except ImportError:
+            pass
+    compute_cleanup()
+
+
+if __name__ == "__main__":
+    run_main(main)
