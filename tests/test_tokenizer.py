@@ -340,10 +340,49 @@ def test_unknown_reference_encoding_is_a_user_error():
 
 @pytest.mark.skipif(not bpe_openai_installed(), reason="bpe-openai is not installed")
 def test_reference_encoding_of_long_text_in_chunks_matches_whole(no_tiktoken_cache, docs):
-    enc = get_reference_encoding("cl100k")
-    text = "".join(docs)
-    whole = enc.encode(text)
-    chunked = tokenizer_module.ReferenceEncoding(enc.name, enc.source, enc._enc)
-    chunked.MAX_CHUNK_CHARS = 500
-    assert len(list(tokenizer_module._split_at_line_starts(text, 500))) > 10
-    assert chunked.encode(text) == whole
+    # lines that start with punctuation or spaces must not be cut before: o200k glues "/" after
+    # a newline to the punctuation before it, for example
+    text = "".join(docs) + "see below.\n/usr/bin\n...\n  indented\n\n\nend" * 30
+    for name in ("cl100k", "o200k"):
+        enc = get_reference_encoding(name)
+        whole = enc.encode(text)
+        chunked = tokenizer_module.ReferenceEncoding(enc.name, enc.source, enc._enc)
+        chunked.MAX_CHUNK_CHARS = 500
+        assert len(list(tokenizer_module._split_at_line_starts(text, 500))) > 10
+        assert chunked.encode(text) == whole
+        assert "".join(tokenizer_module._split_at_line_starts(text, 500)) == text
+
+
+# -----------------------------------------------------------------------------
+# the two scripts, end to end on a tiny data folder
+
+def test_tok_train_then_tok_eval_on_a_text_folder(docs, tmp_path, monkeypatch, capsys):
+    from scripts import tok_eval, tok_train
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "a.txt").write_text("\n\n\n".join(docs[:200]), encoding="utf-8")
+    (data_dir / "b.txt").write_text("\n\n\n".join(docs[200:]), encoding="utf-8")
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path / "base"))
+    get_reference_encoding.cache_clear()
+
+    tok_train.main(["--vocab-size", "400", "--data-dir", str(data_dir)])
+    out = capsys.readouterr().out
+    assert "round trip ok" in out and "400 tokens" in out
+    tok = get_tokenizer()
+    assert tok.get_vocab_size() == 400
+    assert get_token_bytes().shape == (400,)
+
+    rows = tok_eval.main(["--references", "cl100k,gpt2", "--data-dir", str(data_dir), "--corpus-chars", "5000"])
+    out = capsys.readouterr().out
+    assert [row["text"] for row in rows] == ["news", "code", "math", "korean", "chinese/japanese", "corpus train", "corpus val"]
+    for row in rows:
+        assert row["ours_bytes_per_token"] == pytest.approx(row["bytes"] / row["ours_tokens"], abs=1e-3)
+    if bpe_openai_installed():
+        assert all(row["cl100k_base_tokens"] > 0 for row in rows)
+    assert "gpt2" in out  # either a column or the one line saying it is left out
+
+
+def test_tok_train_rejects_a_too_small_vocabulary():
+    from scripts import tok_train
+    with pytest.raises(UserError, match="at least 265"):
+        tok_train.parse_args(["--vocab-size", "100"])
