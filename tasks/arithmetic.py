@@ -1,0 +1,134 @@
+"""
+Arithmetic: synthetic word problems solved with the calculator tool, offline and endless.
+
+A small model is bad at carrying digits, so instead of computing in its head it learns to write
+the calculation as a python part, read the tool's output, and finish with "#### <answer>", the
+same format as GSM8K (whose extract_answer checks the reply). Numbers stay small (two digits,
+results under a few thousand) so a tiny model can follow the words.
+
+Example i of a split is drawn from a generator seeded by (split, i). Which split a problem belongs
+to is fixed by a hash of its question, and a draw that lands in the other split is redrawn, so no
+test question ever appears in training.
+"""
+
+import zlib
+import random
+
+from tasks.common import Task, check_split, last_assistant_text
+from tasks.gsm8k import extract_answer
+
+TEST_FRACTION = 10  # one question in 10 belongs to the test split
+
+NAMES = ["Sam", "Mia", "Leo", "Ava", "Noah", "Zoe", "Omar", "Lena", "Ravi", "Ines"]
+THINGS = ["apples", "marbles", "stickers", "pencils", "cookies", "books", "shells", "stamps"]
+
+
+def question_split(question):
+    return "test" if zlib.crc32(question.encode()) % TEST_FRACTION == 0 else "train"
+
+
+def calc(expr, value, before="", after=""):
+    """One step of a solution: text, then the calculator call and its output, then more text."""
+    return [("text", before), ("python", expr), ("python_output", str(value)), ("text", after)]
+
+
+# Each problem maker returns (question, steps, answer). The python expressions use only + - * /,
+# and divisions always come out even, so every tool output is a whole number (the calculator
+# writes 24/4 as "6", not "6.0").
+
+def add_problem(rng):
+    name, thing = rng.choice(NAMES), rng.choice(THINGS)
+    a, b = rng.randint(2, 60), rng.randint(2, 60)
+    question = f"{name} has {a} {thing}. {name} gets {b} more. How many {thing} does {name} have now?"
+    steps = calc(f"{a}+{b}", a + b, f"{name} starts with {a} {thing} and gets {b} more, so I add: ",
+                 f"\n{name} has {a + b} {thing} now.")
+    return question, steps, a + b
+
+
+def subtract_problem(rng):
+    name, thing = rng.choice(NAMES), rng.choice(THINGS)
+    a = rng.randint(10, 90)
+    b = rng.randint(1, a - 1)
+    question = f"{name} had {a} {thing} and gave {b} of them away. How many {thing} are left?"
+    steps = calc(f"{a}-{b}", a - b, f"{name} had {a} and gave away {b}, so I subtract: ",
+                 f"\n{a - b} {thing} are left.")
+    return question, steps, a - b
+
+
+def multiply_problem(rng):
+    thing = rng.choice(THINGS)
+    a, b = rng.randint(2, 12), rng.randint(2, 12)
+    question = f"A box holds {a} {thing}. How many {thing} are in {b} boxes?"
+    steps = calc(f"{b}*{a}", a * b, f"{b} boxes of {a} {thing} each is a multiplication: ",
+                 f"\nThere are {a * b} {thing} in {b} boxes.")
+    return question, steps, a * b
+
+
+def divide_problem(rng):
+    thing = rng.choice(THINGS)
+    each, people = rng.randint(2, 12), rng.randint(2, 9)
+    total = each * people
+    question = f"{total} {thing} are shared equally among {people} friends. How many does each friend get?"
+    steps = calc(f"{total}/{people}", each, f"{total} shared among {people} is a division: ",
+                 f"\nEach friend gets {each} {thing}.")
+    return question, steps, each
+
+
+def change_problem(rng):
+    name = rng.choice(NAMES)
+    count, price = rng.randint(2, 9), rng.randint(1, 9)
+    cost = count * price
+    paid = rng.choice([bill for bill in (10, 20, 50, 100) if bill >= cost])
+    question = (f"{name} buys {count} notebooks at {price} dollars each and pays with a {paid}-dollar bill. "
+                f"How much change does {name} get, in dollars?")
+    steps = (calc(f"{count}*{price}", cost, "First the cost of the notebooks: ",
+                  f"\nThe notebooks cost {cost} dollars. Then the change: ")
+             + calc(f"{paid}-{cost}", paid - cost, "", f"\n{name} gets {paid - cost} dollars back."))
+    return question, steps, paid - cost
+
+
+def expression_problem(rng):
+    a, b, c = rng.randint(2, 30), rng.randint(2, 12), rng.randint(2, 12)
+    op = rng.choice(["+", "-"])
+    value = a + b * c if op == "+" else a - b * c
+    question = f"What is {a} {op} {b} * {c}?"
+    steps = calc(f"{a}{op}{b}*{c}", value, "Multiplication comes before addition and subtraction. ",
+                 f"\nSo {a} {op} {b} * {c} = {value}.")
+    return question, steps, value
+
+
+PROBLEMS = [add_problem, subtract_problem, multiply_problem, divide_problem, change_problem, expression_problem]
+
+
+class Arithmetic(Task):
+
+    def __init__(self, size=1000, split="train", **slice_kwargs):
+        super().__init__(**slice_kwargs)
+        check_split("Arithmetic", split, ("train", "test"))
+        self.size, self.split = size, split
+
+    @property
+    def eval_type(self):
+        return "generative"
+
+    def num_examples(self):
+        return self.size
+
+    def get_example(self, index):
+        rng = random.Random(f"arithmetic/{self.split}/{index}")
+        while True:  # redraw until the question belongs to this split (about 1.1 draws for train, 10 for test)
+            question, steps, answer = rng.choice(PROBLEMS)(rng)
+            if question_split(question) == self.split:
+                break
+        content = []
+        for kind, text in steps + [("text", f"\n\n#### {answer}")]:
+            if kind == "text" and content and content[-1]["type"] == "text":
+                content[-1]["text"] += text  # keep one text part between tool calls
+            elif text:
+                content.append({"type": kind, "text": text})
+        return {"messages": [{"role": "user", "content": question},
+                             {"role": "assistant", "content": content}]}
+
+    def evaluate(self, conversation, assistant_response):
+        reference = extract_answer(last_assistant_text(conversation))
+        return int(extract_answer(assistant_response) == reference)
