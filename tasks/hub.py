@@ -93,6 +93,18 @@ def hub_unreachable_reason(timeout=PROBE_TIMEOUT_S):
     return outcome[0] if outcome else f"no answer from {hub_endpoint()} within {timeout:g}s"
 
 
+def network_errors():
+    """What a failed download raises: datasets wraps most failures in ConnectionError, but a
+    timeout in the middle of a file can come through as the HTTP library's own error."""
+    errors = (ConnectionError, TimeoutError)
+    try:
+        import httpx
+        errors += (httpx.TransportError,)
+    except ImportError:
+        pass
+    return errors
+
+
 def unavailable(path, name, split, reason, offline_mode=False):
     config = f" ({name}, {split})" if name else f" ({split})"
     local_hint = f"put a copy at ${TASKS_DIR_ENV}/{path}/{name or 'default'}/{split}.parquet"
@@ -119,5 +131,5 @@ def load_hub_dataset(path, name, split):
         raise unavailable(path, name, split, reason)
     try:
         return datasets.load_dataset(path, name, split=split)
-    except ConnectionError as e:  # the probe got through but the download did not
-        raise unavailable(path, name, split, type(e).__name__) from None
+    except network_errors() as e:  # the probe got through but the download did not
+        raise unavailable(path, name, split, f"{type(e).__name__} while downloading") from None

@@ -345,10 +345,11 @@ def test_simplespelling_answers_are_correct():
         word = conversation["word"]
         assert word in conversation["messages"][0]["content"]
         reply = conversation["messages"][1]["content"]
-        assert reply.endswith(" ".join(word).replace(" ", "-"))
+        assert reply.endswith("-".join(list(word)))
         assert task.evaluate(conversation, reply) == 1
-        assert task.evaluate(conversation, reply + "-s") == 0
-        assert task.evaluate(conversation, "-".join(reversed(word)) if word != word[::-1] else "x-y") == 0
+        assert task.evaluate(conversation, reply + "-s") == 0                    # one letter too many
+        assert task.evaluate(conversation, "-".join(list(word[:-1]))) == 0      # one letter short
+        assert task.evaluate(conversation, f"x{reply[-1]}") == 0                 # nothing spelled out
 
 
 def test_spelling_words_are_split_between_train_and_test():
