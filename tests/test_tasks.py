@@ -273,6 +273,8 @@ def test_unreachable_hub_gives_one_line_task_unavailable_quickly(tmp_path, monke
     """A real probe of a closed local port: no datasets retries, a clear one-line error."""
     monkeypatch.setenv("NANOCHAT_TASKS_DIR", str(tmp_path))
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)  # a proxy would answer for the closed port
     monkeypatch.setattr(hub, "hub_offline_mode", lambda: False)
     t0 = time.perf_counter()
     with pytest.raises(TaskUnavailable) as info:
