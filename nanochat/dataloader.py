@@ -26,7 +26,7 @@ from nanochat.common import UserError
 class DataLoader:
 
     def __init__(self, tokenizer, B, T, split, device="cpu", data_dir=None, rank=0, world_size=1,
-                 buffer_size=64, state=None):
+                 buffer_size=64, state=None, repeat=True):
         assert split in ("train", "val")
         self.tokenizer = tokenizer
         self.B, self.T = B, T
@@ -34,6 +34,7 @@ class DataLoader:
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
         self.buffer_size = buffer_size
+        self.repeat = repeat  # False: one pass over the data, then StopIteration (for evaluation)
         self.bos = tokenizer.get_bos_token_id()
         self.files = split_files(list_data_files(data_dir), split)
         if not self.files:
@@ -64,6 +65,8 @@ class DataLoader:
                     yield epoch, fi, bi, docs
             if counter == 0:
                 raise UserError(f"the {self.split} data files contain no documents")
+            if not self.repeat:
+                return
             epoch += 1
 
     def _document_stream(self):
@@ -117,7 +120,12 @@ class DataLoader:
 
     def _fill_buffer(self):
         while len(self.buffer) < self.buffer_size:
-            self.buffer.append(next(self._docs))
+            doc = next(self._docs, None)
+            if doc is None:  # only when repeat=False: the pass is over
+                if not self.buffer:
+                    raise StopIteration
+                return
+            self.buffer.append(doc)
 
     def _pack_row(self):
         row_len = self.T + 1
@@ -146,4 +154,8 @@ class DataLoader:
 
     def __iter__(self):
         while True:
-            yield self.next_batch()
+            try:
+                batch = self.next_batch()
+            except StopIteration:
+                return
+            yield batch

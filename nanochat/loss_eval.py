@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 @torch.no_grad()
 def evaluate_bpb(model, batches, steps, token_bytes, autocast=None):
-    """Mean bits per byte over `steps` batches of (inputs, targets) from the iterator `batches`.
+    """Mean bits per byte over up to `steps` batches of (inputs, targets) from the iterator `batches`.
 
     token_bytes: 1-D tensor, number of bytes of each token id (0 for special tokens).
     Under DDP the sums are added across ranks, so every rank returns the same figure."""
@@ -28,7 +28,10 @@ def evaluate_bpb(model, batches, steps, token_bytes, autocast=None):
     total_bytes = torch.tensor(0, dtype=torch.int64, device=device)
     token_bytes = token_bytes.to(device)
     for _ in range(steps):
-        x, y = next(batches)
+        batch = next(batches, None)
+        if batch is None:  # the validation data ran out before `steps`: use what there was
+            break
+        x, y = batch
         with autocast():
             loss = model(x, y, loss_reduction="none").view(-1)  # (B*T,) nats per target token
         y = y.reshape(-1)

@@ -141,7 +141,7 @@ def main(argv=None):
 
     def val_batches():
         return iter(DataLoader(tokenizer, args.device_batch_size, args.max_seq_len, "val", rt.device,
-                               args.data_dir, rt.rank, rt.world_size))
+                               args.data_dir, rt.rank, rt.world_size, repeat=False))
 
     eval_steps = max(1, args.eval_tokens // (args.device_batch_size * args.max_seq_len * rt.world_size))
     use_compile = args.compile == 1 or (args.compile == -1 and rt.device_type == "cuda")

@@ -1,0 +1,200 @@
+"""
+Inference: fast generation with a KV cache, sampling controls, streaming, and tool use.
+
+Pipeline position: everything that talks to a trained model goes through Engine: the chat CLI,
+the web server, chat evaluation, RL rollouts and the generation explorer.
+
+The KV cache: a Transformer recomputes keys and values of every earlier token at each step unless
+they are kept. KVCache preallocates room for them (layers x batch x positions x heads x dim), so
+each new token costs one position of work instead of the whole context.
+
+Generation: the prompt is run once (prefill) with batch size 1, its cache is copied into a batch
+of `num_samples` rows, and then all rows decode together, one token per step.
+
+Tool use: when a row emits <|python_start|> ... <|python_end|>, the text in between goes to the
+calculator (nanochat/calculator.py), and its result is *forced* into that row as
+<|output_start|> result <|output_end|>; forced tokens are streamed with mask 0 (not sampled).
+"""
+
+from collections import deque
+
+import torch
+import torch.nn.functional as F
+
+from nanochat.calculator import use_calculator
+
+# the order in which the sampling filters are applied to the logits (the explorer prints it)
+FILTER_ORDER = ("temperature", "top_k", "top_p", "min_p")
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of rows; grows if a row runs past its size."""
+
+    def __init__(self, batch_size, num_kv_heads, seq_len, head_dim, num_layers, device, dtype=torch.float32):
+        shape = (num_layers, batch_size, seq_len, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    @classmethod
+    def for_model(cls, model, batch_size, seq_len):
+        c = model.config
+        head_dim = c.n_embd // c.n_head
+        dtype = torch.bfloat16 if model.get_device().type == "cuda" else torch.float32
+        return cls(batch_size, c.n_kv_head, seq_len, head_dim, c.n_layer, model.get_device(), dtype)
+
+    def get_pos(self):
+        return self.pos
+
+    def _ensure(self, needed):
+        cap = self.k.size(2)
+        if needed <= cap:
+            return
+        new_cap = max(needed, 2 * cap)
+        grow = list(self.k.shape)
+        grow[2] = new_cap - cap
+        self.k = torch.cat([self.k, self.k.new_zeros(grow)], dim=2)
+        self.v = torch.cat([self.v, self.v.new_zeros(grow)], dim=2)
+
+    def insert_kv(self, layer_idx, k, v):
+        """Store k, v (B, T, Hkv, D) at the current position; return all keys/values so far."""
+        T = k.size(1)
+        self._ensure(self.pos + T)
+        end = self.pos + T
+        self.k[layer_idx, :, self.pos:end] = k.to(self.k.dtype)
+        self.v[layer_idx, :, self.pos:end] = v.to(self.v.dtype)
+        return self.k[layer_idx, :, :end].to(k.dtype), self.v[layer_idx, :, :end].to(v.dtype)
+
+    def advance(self, T):
+        """Called by the model once all layers have stored the T new positions."""
+        self.pos += T
+
+    def copy_prefill(self, other):
+        """Fill this (batch N) cache from a batch-1 cache: every row starts from the same prompt."""
+        assert self.pos == 0 and other.k.size(1) == 1
+        self._ensure(other.pos)
+        self.k[:, :, :other.pos] = other.k[:, :, :other.pos]
+        self.v[:, :, :other.pos] = other.v[:, :, :other.pos]
+        self.pos = other.pos
+
+
+def filter_logits(logits, temperature=1.0, top_k=None, top_p=None, min_p=None):
+    """Apply the sampling filters in FILTER_ORDER to logits (B, V); removed entries become -inf.
+
+    temperature divides the logits; top_k keeps the k largest; top_p keeps the smallest set of
+    tokens whose probability adds up to at least p; min_p drops tokens less likely than
+    min_p x the most likely one. temperature <= 0 means greedy and is handled by the caller."""
+    logits = logits.float()
+    if temperature and temperature > 0:
+        logits = logits / temperature
+    if top_k is not None and top_k > 0 and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # probability mass strictly above each token
+        drop_sorted = before >= top_p       # the top token is never dropped
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if min_p is not None and min_p > 0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < min_p * probs.max(-1, keepdim=True).values, float("-inf"))
+    return logits
+
+
+def sample_next_token(logits, rng, temperature=1.0, top_k=None, top_p=None, min_p=None):
+    """One token id per row of logits (B, V) -> (B,). temperature 0 is greedy (argmax)."""
+    if not temperature or temperature <= 0:
+        return torch.argmax(logits, dim=-1)
+    probs = F.softmax(filter_logits(logits, temperature, top_k, top_p, min_p), dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=rng).squeeze(-1)
+
+
+class _Row:
+    def __init__(self, tokens):
+        self.tokens = list(tokens)
+        self.forced = deque()
+        self.in_python = False
+        self.python_tokens = []
+        self.completed = False
+
+
+class Engine:
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        sp = tokenizer.encode_special
+        self.python_start, self.python_end = sp("<|python_start|>"), sp("<|python_end|>")
+        self.output_start, self.output_end = sp("<|output_start|>"), sp("<|output_end|>")
+        self.assistant_end, self.bos = sp("<|assistant_end|>"), tokenizer.get_bos_token_id()
+
+    @torch.no_grad()
+    def generate(self, tokens, num_samples=1, max_tokens=None, temperature=1.0, top_k=None, top_p=None,
+                 min_p=None, seed=42):
+        """Yield (token_column, mask_column) per step: one token per row, mask 1 sampled / 0 forced.
+
+        Rows that finished keep producing filler until every row is done or max_tokens is
+        reached; generate_batch() and the front ends simply ignore a row after its end."""
+        assert isinstance(tokens, list) and tokens and isinstance(tokens[0], int)
+        device = self.model.get_device()
+        rng = torch.Generator(device=device)
+        rng.manual_seed(seed)
+        max_tokens = max_tokens if max_tokens is not None else self.model.config.sequence_len
+        # prefill once with batch 1, then share the prompt's cache with every row
+        kv_prefill = KVCache.for_model(self.model, 1, len(tokens))
+        ids = torch.tensor([tokens], dtype=torch.long, device=device)
+        logits = self.model.forward(ids, kv_cache=kv_prefill)[:, -1, :]  # (1, V)
+        kv = KVCache.for_model(self.model, num_samples, len(tokens) + max_tokens)
+        kv.copy_prefill(kv_prefill)
+        del kv_prefill
+        logits = logits.expand(num_samples, -1)
+        rows = [_Row(tokens) for _ in range(num_samples)]
+        for _ in range(max_tokens):
+            if all(r.completed for r in rows):
+                break
+            sampled = sample_next_token(logits, rng, temperature, top_k, top_p, min_p).tolist()
+            column, masks = [], []
+            for row, s in zip(rows, sampled):
+                forced = len(row.forced) > 0
+                token = row.forced.popleft() if forced else s
+                column.append(token)
+                masks.append(0 if forced else 1)
+                row.tokens.append(token)
+                self._advance_tool_state(row, token)
+            yield column, masks
+            ids = torch.tensor(column, dtype=torch.long, device=device).unsqueeze(1)
+            logits = self.model.forward(ids, kv_cache=kv)[:, -1, :]
+
+    def _advance_tool_state(self, row, token):
+        if token in (self.assistant_end, self.bos):
+            row.completed = True
+        if token == self.python_start:
+            row.in_python, row.python_tokens = True, []
+        elif token == self.python_end and row.in_python:
+            row.in_python = False
+            result = use_calculator(self.tokenizer.decode(row.python_tokens))
+            if result is not None:
+                row.forced.extend([self.output_start, *self.tokenizer.encode(str(result)), self.output_end])
+        elif row.in_python:
+            row.python_tokens.append(token)
+
+    def generate_batch(self, tokens, num_samples=1, **kwargs):
+        """Non-streaming: returns (token lists, mask lists) per row, prompt included, each cut at
+        its terminal token (<|assistant_end|> or <|bos|>, not included)."""
+        results = [list(tokens) for _ in range(num_samples)]
+        masks = [[0] * len(tokens) for _ in range(num_samples)]
+        done = [False] * num_samples
+        for column, mask_col in self.generate(tokens, num_samples, **kwargs):
+            for i, (tok, m) in enumerate(zip(column, mask_col)):
+                if done[i]:
+                    continue
+                if tok in (self.assistant_end, self.bos):
+                    done[i] = True
+                    continue
+                results[i].append(tok)
+                masks[i].append(m)
+            if all(done):
+                break
+        return results, masks
