@@ -311,12 +311,20 @@ def _describe(error):
 def _download_with_retries(index, base_url, data_dir, max_attempts, timeout, bar=None, stop=None):
     """Download one shard; returns (path, None) on success or (None, reason) after giving up."""
     name = shard_name(index)
-    final_path = os.path.join(data_dir, name)
+    url = f"{resolve_base_url(base_url)}/{name}"
+    return _download_url(url, os.path.join(data_dir, name), _check_parquet, max_attempts, timeout, bar, stop)
+
+
+def _download_url(url, final_path, verify, max_attempts, timeout, bar=None, stop=None):
+    """Download url to final_path with retries, resume and an atomic rename.
+
+    verify(tmp_path) may raise _IncompleteDownload (after deleting the file) for a download that
+    is complete but not valid. Returns (path, None) on success or (None, reason) after giving up."""
+    name = os.path.basename(final_path)
     if os.path.exists(final_path):  # only whole, verified files ever get this name
         return final_path, None
-    os.makedirs(data_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(final_path) or ".", exist_ok=True)
     tmp_path = final_path + ".tmp"
-    url = f"{resolve_base_url(base_url)}/{name}"
     task = bar.add_task(name, total=None) if bar is not None else None
 
     def report(done, total):
@@ -330,7 +338,8 @@ def _download_with_retries(index, base_url, data_dir, max_attempts, timeout, bar
                 bar.update(task, description=f"{name} (try {attempt}/{max_attempts})")
             try:
                 _fetch_into(url, tmp_path, timeout, report, stop)
-                _check_parquet(tmp_path)
+                if verify is not None:
+                    verify(tmp_path)
                 os.replace(tmp_path, final_path)  # atomic: readers see no file or the whole file
                 return final_path, None
             except urllib.error.HTTPError as e:
@@ -347,6 +356,26 @@ def _download_with_retries(index, base_url, data_dir, max_attempts, timeout, bar
     finally:
         if bar is not None:
             bar.remove_task(task)
+
+
+def download_file(url, dest, max_attempts=5, timeout=30, progress=True, verify=None):
+    """Download any file (the CORE eval bundle, ...) with the shard downloader's retries, Range
+    resume, progress bar and atomic rename. Returns (dest, None) or (None, reason).
+
+    verify(path), if given, raises ValueError when a complete download is not a valid file; the
+    file is then deleted and the download tried again."""
+    def check(tmp_path):
+        try:
+            verify(tmp_path)
+        except ValueError as e:
+            os.remove(tmp_path)
+            raise _IncompleteDownload(f"the downloaded file is not valid ({e})") from e
+
+    check_fn = check if verify is not None else None
+    if not progress:
+        return _download_url(url, dest, check_fn, max_attempts, timeout)
+    with _progress_bar() as bar:
+        return _download_url(url, dest, check_fn, max_attempts, timeout, bar)
 
 
 def _progress_bar():
