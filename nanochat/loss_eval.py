@@ -46,3 +46,15 @@ def evaluate_bpb(model, batches, steps, token_bytes, autocast=None):
     if total_bytes.item() == 0:
         return float("inf")
     return total_nats.item() / (math.log(2) * total_bytes.item())
+
+
+def evaluate_split_bpb(model, tokenizer, split, batch_size, seq_len, tokens, token_bytes, rank=0, world_size=1,
+                       data_dir=None, autocast=None):
+    """Bits per byte on about `tokens` tokens of the 'train' or 'val' split (one pass, no repeats).
+
+    Each of `world_size` ranks reads its own rows (rank-strided documents); sums are added across ranks."""
+    from nanochat.dataloader import DataLoader
+    loader = DataLoader(tokenizer, batch_size, seq_len, split, model.get_device(), data_dir, rank, world_size,
+                        repeat=False)
+    steps = max(1, tokens // (batch_size * seq_len * world_size))
+    return evaluate_bpb(model, iter(loader), steps, token_bytes, autocast)
