@@ -228,3 +228,25 @@ def test_a_download_that_is_not_a_bundle_is_one_clear_error(tmp_path):
     finally:
         server.shutdown()
     assert not os.path.exists(os.path.join(tmp_path, "eval_bundle"))
+
+
+def test_base_eval_and_base_loss_scripts_log_their_figures(tiny_run, tmp_path, monkeypatch, capsys):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_run, base)
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(base))
+    from scripts import base_eval, base_loss
+    from nanochat.report import get_report
+    figures = base_eval.main(["--eval", "core,bpb,sample", "--bundle-dir", FIXTURE, "--device-type", "cpu",
+                              "--device-batch-size", "2", "--split-tokens", "256", "-s", "8"])
+    out = capsys.readouterr().out
+    assert "CORE:" in out and "val bpb:" in out and out.count("sample: ") == 5
+    assert set(figures) >= {"CORE", "toy_choice", "toy_schema", "toy_lm", "train bpb", "val bpb"}
+    assert figures["CORE"] == pytest.approx((figures["toy_choice"] + figures["toy_schema"] + figures["toy_lm"]) / 3)
+    assert 0 < figures["val bpb"] < 20
+    assert os.path.exists(base / "base_eval" / "base_d2_000008.csv")
+    assert get_report().summary()["CORE"] == {"BASE": pytest.approx(figures["CORE"])}
+    loss = base_loss.main(["--device-type", "cpu", "--device-batch-size", "2", "--split-tokens", "256",
+                           "--max-tokens", "4"])
+    assert 0 < loss["train bpb"] < 20
+    with pytest.raises(UserError, match="--eval"):
+        base_eval.main(["--eval", "core,perplexity"])

@@ -1,0 +1,78 @@
+"""
+Base model loss: bits per byte on the train and val splits, and a few greedy samples.
+
+Pipeline position: after pretraining (scripts/base_train.py); logs the "Base model loss" section
+of the report. Bits per byte (nanochat/loss_eval.py) does not depend on the tokenizer, so models
+with different vocabularies can be compared; a val figure far above train means overfitting.
+
+Examples:
+    python -m scripts.base_loss
+    python -m scripts.base_loss --split-tokens 65536 --device-batch-size 8 -g d4
+    torchrun --standalone --nproc_per_node=8 -m scripts.base_loss
+"""
+
+import argparse
+
+from nanochat.common import compute_init, compute_cleanup, print0, run_main, UserError
+from nanochat.checkpoint_manager import load_model
+from nanochat.loss_eval import evaluate_split_bpb
+from nanochat.tokenizer import get_token_bytes
+from nanochat.engine import Engine
+
+SAMPLE_PROMPTS = ["The capital of France is", "Once upon a time", "To be, or not to be", "My lord, I",
+                  "The opposite of hot is"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", default="base", help="which stage's checkpoint: base|mid|sft|rl (default base)")
+    p.add_argument("-g", "--model-tag", default=None, help="model tag (default: the largest)")
+    p.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the last)")
+    p.add_argument("--device-type", default="", help="cuda|cpu|mps (empty: autodetect)")
+    p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward pass")
+    p.add_argument("--split-tokens", type=int, default=20 * 524288, help="tokens to evaluate per split")
+    p.add_argument("--data-dir", default=None, help="folder of .parquet/.txt/.jsonl (default: as training)")
+    p.add_argument("--max-tokens", type=int, default=24, help="tokens per sample (0: no samples)")
+    return p.parse_args(argv)
+
+
+def greedy_samples(model, tokenizer, prompts, max_tokens):
+    engine = Engine(model, tokenizer)
+    lines = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
+        rows, _ = engine.generate_batch(ids, 1, max_tokens=max_tokens, temperature=0.0)
+        lines.append(tokenizer.decode(rows[0][1:]))
+    return lines
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.device_batch_size < 1 or args.split_tokens < 1:
+        raise UserError("--device-batch-size and --split-tokens must be positive")
+    rt = compute_init(args.device_type)
+    model, tokenizer, meta = load_model(args.source, rt.device, model_tag=args.model_tag, step=args.step)
+    seq_len = model.config.sequence_len
+    token_bytes = get_token_bytes(rt.device)
+    figures = {}
+    for split in ("train", "val"):
+        bpb = evaluate_split_bpb(model, tokenizer, split, args.device_batch_size, seq_len, args.split_tokens,
+                                 token_bytes, rt.rank, rt.world_size, args.data_dir, rt.autocast)
+        figures[f"{split} bpb"] = bpb
+        print0(f"{split} bpb: {bpb:.4f}")
+    samples = []
+    if rt.master and args.max_tokens > 0:
+        samples = greedy_samples(model, tokenizer, SAMPLE_PROMPTS, args.max_tokens)
+        for line in samples:
+            print0("sample: " + line.replace("\n", " "))
+    if rt.master:
+        from nanochat.report import get_report
+        get_report().log(section="Base model loss", data=[
+            {"Model": f"{args.source} step {meta.get('step')}", "Tokens per split": args.split_tokens, **figures},
+            *[f"sample: {line!r}" for line in samples]])
+    compute_cleanup()
+    return figures
+
+
+if __name__ == "__main__":
+    run_main(main)
