@@ -1,0 +1,200 @@
+"""
+Model size & cost calculator: parameters by component, memory for training and inference,
+FLOPs per token, and how long and how much a training run takes, for this project's GPT.
+
+The counts are computed by formula and checked against the real model built on the meta device
+(they must agree exactly). --measure runs a few real training steps here and compares.
+"""
+
+import os
+import sys
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere: make the repo importable
+
+import json
+from dataclasses import asdict
+
+from nanochat.common import UserError, GPU_PEAK_FLOPS, format_duration
+from nanochat import termui as ui
+from nanochat import model_calc as mc
+
+EXAMPLES = [
+    "python tools/model_calculator.py --preset d20",
+    "python tools/model_calculator.py --preset nanochat-tiny",
+    "python tools/model_calculator.py --depth 12 --hidden-dim 768 --vocab-size 32768",
+    "python tools/model_calculator.py --preset d20 --batch-size 32 --seq-len 2048 --total-tokens 20e9 --gpu H100 --num-gpus 8",
+    "python tools/model_calculator.py --depth 2 --vocab-size 512 --seq-len 64 --batch-size 4 --measure",
+    "python tools/model_calculator.py --preset d26 --gpu A100 --json",
+]
+
+
+def parse_args(argv):
+    p = ui.make_parser(__doc__, EXAMPLES)
+    p.add_argument("--preset", choices=list(mc.PRESETS), help="a named shape: " + "; ".join(
+        f"{k}: {v['note']}" for k, v in mc.PRESETS.items()))
+    p.add_argument("--depth", type=int, help="number of layers (model dim = depth x aspect ratio)")
+    p.add_argument("--hidden-dim", type=int, help="model dim (overrides depth x aspect ratio)")
+    p.add_argument("--aspect-ratio", type=int, default=64)
+    p.add_argument("--head-dim", type=int, help="attention head dim (default 128, presets may differ)")
+    p.add_argument("--n-kv-head", type=int, help="KV heads (grouped-query attention; default = heads)")
+    p.add_argument("--vocab-size", type=int, help="vocabulary size (default 32768)")
+    p.add_argument("--seq-len", type=int, help="context length (default 2048)")
+    p.add_argument("--window-pattern", type=str, help="per-layer windows like SSSL (default SSSL)")
+    p.add_argument("--batch-size", type=int, default=32, help="rows per device per step (device batch size)")
+    p.add_argument("--total-batch-size", type=int, help="tokens per optimizer step (default batch x seq x GPUs)")
+    p.add_argument("--total-tokens", type=float, help="training tokens (default: --param-data-ratio x scaling params)")
+    p.add_argument("--param-data-ratio", type=float, default=20.0, help="tokens per scaling parameter (Chinchilla 20)")
+    p.add_argument("--gpu", type=str, help="GPU for time and cost: " + ", ".join(GPU_PEAK_FLOPS))
+    p.add_argument("--num-gpus", type=int, default=1)
+    p.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation, 0..1 (default 0.4 GPU, 0.3 CPU)")
+    p.add_argument("--price-per-hour", type=float, help="USD per GPU-hour (default: the table below)")
+    p.add_argument("--gpu-memory", type=float, help="GB per GPU for the batch-size suggestion (default: the GPU's)")
+    p.add_argument("--measure", action="store_true", help="run a few real training steps here: predicted vs measured")
+    p.add_argument("--measure-steps", type=int, default=3)
+    p.add_argument("--device", type=str, default="cpu", help="device for --measure (cpu, cuda, mps)")
+    p.add_argument("--json", action="store_true", help="print every figure as JSON")
+    args = p.parse_args(argv)
+    if args.preset is None and args.depth is None:
+        raise UserError("give --preset NAME or --depth N (see --help)")
+    for name in ("batch_size", "num_gpus", "measure_steps"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.mfu is not None and not 0 < args.mfu <= 1:
+        raise UserError("--mfu is a fraction between 0 and 1 (e.g. 0.4)")
+    return args
+
+
+def compute(args):
+    config = mc.build_config(args.preset, args.depth, args.hidden_dim, args.vocab_size, args.seq_len,
+                             args.head_dim, args.n_kv_head, args.window_pattern, args.aspect_ratio)
+    tokens_per_step = args.total_batch_size or args.batch_size * config.sequence_len * args.num_gpus
+    peak = None
+    if not args.gpu:
+        from nanochat.common import measure_cpu_matmul_flops
+        peak = measure_cpu_matmul_flops()
+    plan = mc.training_plan(config, args.total_tokens, args.param_data_ratio, tokens_per_step, args.gpu,
+                            args.num_gpus, args.mfu, args.price_per_hour, peak)
+    cuda = bool(args.gpu)
+    gpu_key = mc.find_gpu(args.gpu) if args.gpu else None
+    gpu_mem = (args.gpu_memory or (mc.GPU_MEMORY_GB.get(gpu_key) if gpu_key else None))
+    return {
+        "config": config.to_dict(),
+        "params": mc.param_counts(config),
+        "total_params": mc.total_params(config),
+        "scaling_params": mc.scaling_params(config),
+        "flops_per_token": mc.flops_per_token(config),
+        "check": mc.check_against_model(config),
+        "memory": mc.memory_estimate(config, args.batch_size, cuda),
+        "plan": asdict(plan),
+        "gpu_memory_gb": gpu_mem,
+        "suggested_batch_size": mc.suggest_batch_size(config, gpu_mem * 1e9, cuda) if gpu_mem else None,
+        "_config": config,
+    }
+
+
+def print_report(r, args):
+    cfg, n = r["config"], r["total_params"]
+    print(ui.heading("Model"))
+    print(ui.key_values([
+        ("shape", f"{cfg['n_layer']} layers, dim {cfg['n_embd']}, {cfg['n_head']} heads of "
+                  f"{cfg['n_embd'] // cfg['n_head']} ({cfg['n_kv_head']} KV heads), window {cfg['window_pattern']}"),
+        ("vocab / context", f"{cfg['vocab_size']:,} tokens (padded to a multiple of 64) / {cfg['sequence_len']:,}"),
+    ]))
+    print()
+    print(ui.heading("Parameters"))
+    rows = [[k.replace("_", " "), v, f"{100 * v / n:.1f}%", ui.bar(v / n, 20)] for k, v in r["params"].items()]
+    rows.append([ui.style("total", "bold"), n, "100%", ""])
+    print(ui.table(rows, headers=["component", "parameters", "share", ""], align="<>><"))
+    print(ui.key_values([("scaling params", f"{r['scaling_params']:,} ({ui.fmt_si(r['scaling_params'])}, all but embedding tables)")]))
+    chk = r["check"]
+    verdict = ui.good("equal") if chk["equal"] else ui.bad("DIFFERENT")
+    print(f"  checked against the real model on the meta device: params {chk['params_model']:,}, "
+          f"FLOPs/token {chk['flops_model']:,} -> {verdict}")
+    print()
+    print(ui.heading("Memory"))
+    m = r["memory"]
+    print(ui.key_values([("weights fp32", ui.fmt_bytes(m["weights_fp32"])), ("weights bf16", ui.fmt_bytes(m["weights_bf16"]))]))
+    where = "bf16 activations (GPU)" if args.gpu else "fp32 activations (CPU)"
+    print(f"  training at device batch {args.batch_size} x {cfg['sequence_len']} tokens, {where}:")
+    rows = [[k, ui.fmt_bytes(v)] for k, v in m["training"].items()] + [[ui.style("total", "bold"), ui.fmt_bytes(m["training_total"])]]
+    print(ui.table(rows, align="<>", indent=4))
+    print(ui.key_values([("KV cache per token", ui.fmt_bytes(m["kv_cache_per_token"])),
+                         ("inference, full context", ui.fmt_bytes(m["inference_full_context"]) + " (bf16 weights + KV cache)")]))
+    if r["suggested_batch_size"]:
+        print(f"  largest device batch that fits {r['gpu_memory_gb']:g} GB (90%): {ui.good(r['suggested_batch_size'])}")
+    elif r["gpu_memory_gb"]:
+        print(f"  {ui.warn('even batch 1 does not fit')} in {r['gpu_memory_gb']:g} GB: shard the model or pick a bigger GPU")
+    print()
+    print(ui.heading("Compute and cost"))
+    p = r["plan"]
+    rows = [("FLOPs per token", f"{r['flops_per_token']:,} ({ui.fmt_si(r['flops_per_token'])}; 6 x matmul params + attention)"),
+            ("training tokens", f"{ui.fmt_si(p['total_tokens'])}" + ("" if args.total_tokens else f" ({args.param_data_ratio:g} x scaling params)")),
+            ("tokens per step", f"{p['tokens_per_step']:,}"),
+            ("steps", f"{p['steps']:,}"),
+            ("total FLOPs", f"{p['total_flops']:.3e}")]
+    if p["seconds"] is not None:
+        rows.append(("hardware", f"{p['where']}, peak {ui.fmt_si(p['peak_flops'], 'FLOP/s')} per device, "
+                                 f"assumed MFU {100 * p['mfu']:.0f}%"))
+        rows.append(("time", format_duration(p["seconds"])))
+    if p["cost"] is not None:
+        rows.append(("cost", f"${p['cost']:,.2f} at ${p['price_per_hour']:.2f}/GPU-hour (assumed list price)"))
+    print(ui.key_values(rows))
+    print()
+    print(ui.heading("Insights"))
+    for line in insights(r, args):
+        print("  - " + line)
+
+
+def insights(r, args):
+    n, c, cfg = r["total_params"], r["params"], r["config"]
+    emb = c["token_embedding"] + c["value_embeddings"]
+    out = [f"{100 * emb / n:.0f}% of the parameters are embedding tables (token + value embeddings): lookups that "
+           "cost memory but almost no FLOPs, which is why scaling laws count the other "
+           f"{ui.fmt_si(r['scaling_params'])}."]
+    m = r["memory"]
+    out.append(f"training needs ~{m['training_total'] / max(1, m['weights_fp32']):.1f}x the fp32 weights: gradients "
+               "and optimizer moments are as big as the weights, and activations grow with the batch.")
+    logit_share = m["training"]["logits"] / m["training_total"]
+    if logit_share > 0.2:
+        out.append(f"the logits ({cfg['vocab_size']:,} per token) take {100 * logit_share:.0f}% of training memory; "
+                   "a smaller device batch with gradient accumulation keeps the same total batch.")
+    attn_share = 1 - 6 * (n - emb - c["scalars"]) / r["flops_per_token"]
+    out.append(f"attention scores are {100 * attn_share:.0f}% of the FLOPs at context {cfg['sequence_len']:,}; "
+               "the rest is 6 FLOPs per weight per token (2 forward, 4 backward).")
+    out.append(f"a {cfg['sequence_len']:,}-token conversation holds {ui.fmt_bytes(m['kv_cache_per_token'] * cfg['sequence_len'])} "
+               "of KV cache per sample at inference.")
+    return out
+
+
+def print_measure(res):
+    print()
+    print(ui.heading(f"Measured on this machine ({res['device']}, batch {res['batch_size']}, {res['steps']} steps)"))
+    pt, mt = res["predicted_tokens_per_sec"], res["measured_tokens_per_sec"]
+    rows = [["throughput (tokens/s)", ui.fmt_num(pt, 1) if pt else "-", ui.fmt_num(mt, 1),
+             f"{mt / pt:.2f}" if pt else "-"],
+            ["training memory", ui.fmt_bytes(res["predicted_memory"]), ui.fmt_bytes(res["measured_memory"]),
+             f"{res['measured_memory'] / res['predicted_memory']:.2f}"]]
+    print(ui.table(rows, headers=["", "predicted", "measured", "measured/predicted"], align="<>>>"))
+    print(ui.key_values([("step time", f"{res['step_time'] * 1000:.0f} ms"),
+                         ("peak", res["peak_desc"]),
+                         ("predicted at", f"assumed MFU {100 * res['assumed_mfu']:.0f}%"),
+                         ("measured MFU", f"{100 * res['measured_mfu']:.1f}%" if res["measured_mfu"] else "-"),
+                         ("memory measured as", res["memory_note"])]))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    r = compute(args)
+    config = r.pop("_config")
+    if args.measure:
+        r["measure"] = mc.measure_training(config, args.batch_size, args.device, args.measure_steps)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print_report(r, args)
+    if args.measure:
+        print_measure(r["measure"])
+    return 0
+
+
+if __name__ == "__main__":
+    ui.tool_main(main)
