@@ -164,3 +164,76 @@ class Progress:
 
     def print(self, *args, **kwargs):
         print0(self.line(*args, **kwargs))
+
+
+# -----------------------------------------------------------------------------
+# the optimizer-step loop shared by the finetuning stages (mid_train, chat_sft)
+
+def run_training_steps(*, model, optimizer, rt, batches, loader, num_iterations, start_step, grad_accum,
+                       ckpt_dir, loop_state, lr_schedule, run_val, eval_every, save_every, make_meta,
+                       flops_per_token, peak_flops, train_model=None, val_bpb=None):
+    """Train from `start_step` to `num_iterations`, logging and checkpointing like base_train.
+
+    batches: iterator of (inputs, targets); each optimizer step takes `grad_accum` of them.
+    lr_schedule(step) -> multiplier. run_val() -> val bpb (every `eval_every` steps and at the end).
+    make_meta(done, val_bpb, train_loss, lr_mult, lrs) -> the meta dict of a checkpoint.
+    loop_state is updated in place (tokens_seen, total_training_time, smooth loss, min_val_bpb).
+    Tokens per step are counted from the batches themselves (summed over ranks), so stages with
+    padded rows of varying length report real throughput. Returns (train_loss, val_bpb)."""
+    train_model = train_model or model
+    smooth = EMA(0.9, loop_state.get("smooth_train_loss", 0.0), loop_state.get("smooth_count", 0))
+    progress = Progress(num_iterations, start_step)
+    train_loss = None
+    for step in range(start_step, num_iterations):
+        done = step + 1
+        rt.synchronize()
+        t0 = time.time()
+        loss_sum = torch.zeros((), device=rt.device)
+        tokens = torch.zeros((), device=rt.device, dtype=torch.long)
+        for _ in range(grad_accum):
+            x, y = next(batches)
+            with rt.autocast():
+                loss = train_model(x, y)
+            loss_sum += loss.detach()
+            tokens += x.numel()
+            (loss / grad_accum).backward()
+        lr_mult = lr_schedule(step)
+        lrs = apply_lr(optimizer, lr_mult, step)
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        train_loss_t = loss_sum / grad_accum
+        if rt.ddp:
+            torch.distributed.all_reduce(train_loss_t, op=torch.distributed.ReduceOp.AVG)
+            torch.distributed.all_reduce(tokens)
+        train_loss = train_loss_t.item()
+        step_tokens = int(tokens.item())
+        rt.synchronize()
+        dt = time.time() - t0
+        if not np.isfinite(train_loss):
+            print0(f"step {done}: the loss is {train_loss}; training diverged (try a lower learning rate)")
+        loop_state["total_training_time"] = loop_state.get("total_training_time", 0.0) + dt
+        loop_state["tokens_seen"] = loop_state.get("tokens_seen", 0) + step_tokens
+        smooth.update(train_loss)
+        loop_state["smooth_train_loss"], loop_state["smooth_count"] = smooth.value, smooth.count
+        tok_per_sec = step_tokens / dt
+        mfu = 100 * flops_per_token * tok_per_sec / (peak_flops * rt.world_size) if peak_flops else None
+        last = done == num_iterations
+        measured_val = None
+        if eval_every > 0 and (done % eval_every == 0 or last):
+            val_bpb = measured_val = run_val()
+            loop_state["min_val_bpb"] = min(loop_state.get("min_val_bpb", float("inf")), val_bpb)
+        progress.print(step, smooth.debiased(), lr_mult, dt, tok_per_sec, mfu,
+                       extra=f" | val bpb {measured_val:.4f}" if measured_val is not None else "")
+        if rt.master:
+            record = {"step": done, "tokens": loop_state["tokens_seen"], "train_loss": train_loss,
+                      "smooth_train_loss": smooth.debiased(), "lr": lr_mult, "lrs": lrs, "dt": dt,
+                      "tokens_per_sec": tok_per_sec, "mfu": mfu, "time": loop_state["total_training_time"],
+                      "wall": time.time()}
+            if measured_val is not None:
+                record["val_bpb"] = measured_val
+            cm.append_metrics(ckpt_dir, record)
+        if last or (save_every > 0 and done % save_every == 0):
+            meta = make_meta(done, val_bpb, train_loss, lr_mult, lrs)
+            save_training_checkpoint(ckpt_dir, done, model, optimizer, loader.state_dict(), meta, rt)
+            print0(f"saved checkpoint {cm.model_path(ckpt_dir, done)}")
+    return train_loss, val_bpb
