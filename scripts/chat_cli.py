@@ -1,0 +1,112 @@
+"""
+Chat with a trained model in the terminal: multi-turn, streaming, token by token.
+
+Pipeline position: after SFT (or mid / RL); loads a checkpoint of the stage given by -i and talks
+through nanochat/engine.py (KV cache, sampling, calculator tool use).
+
+Type a message and press Enter. Commands: `clear` starts a new conversation, `quit` (or Ctrl-D /
+end of input) leaves. Input can also be piped: each line is one user turn, and the program exits
+at the end of the input.
+
+Examples:
+    python -m scripts.chat_cli -i sft
+    python -m scripts.chat_cli -i sft -p "Why is the sky blue?"
+    echo "hello" | python -m scripts.chat_cli -i sft
+    python -m scripts.chat_cli -i mid -g d4 -s 200 -t 0.8 -k 50
+"""
+
+import sys
+import argparse
+
+from nanochat.common import compute_init, compute_cleanup, run_main, UserError
+from nanochat.checkpoint_manager import load_model
+from nanochat.chat_data import ChatHistory, StreamDecoder
+from nanochat.engine import Engine
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-i", "--source", type=str, default="sft", help="stage to chat with: base|mid|sft|rl")
+    p.add_argument("-g", "--model-tag", type=str, default=None, help="model tag to load (default: the largest)")
+    p.add_argument("-s", "--step", type=int, default=None, help="step to load (default: the last)")
+    p.add_argument("-p", "--prompt", type=str, default="", help="ask one question, print the answer and exit")
+    p.add_argument("-t", "--temperature", type=float, default=0.6, help="sampling temperature (0: greedy)")
+    p.add_argument("-k", "--top-k", type=int, default=50, help="sample from the k most likely tokens (0: all)")
+    p.add_argument("-m", "--max-tokens", type=int, default=256, help="longest reply, in tokens")
+    p.add_argument("--seed", type=int, default=42, help="sampling seed (each turn uses seed + turn number)")
+    p.add_argument("--device-type", type=str, default="", help="cuda|cpu|mps (empty: autodetect)")
+    return p.parse_args(argv)
+
+
+def stream_reply(engine, history, user_text, args, turn, out=sys.stdout):
+    """Generate the assistant's reply to user_text, printing it as it comes; returns the reply text."""
+    prompt = history.prompt_for(user_text)
+    limit = engine.model.rotary_seq_len - len(prompt)
+    if limit < 1:
+        raise UserError("the conversation is longer than the model can read; type 'clear' to start a new one")
+    decoder = StreamDecoder(engine.tokenizer)
+    reply_ids, pieces = [], []
+    for column, _ in engine.generate(prompt, num_samples=1, max_tokens=min(args.max_tokens, limit),
+                                     temperature=args.temperature, top_k=args.top_k or None,
+                                     seed=args.seed + turn):
+        token = column[0]
+        if token in (engine.assistant_end, engine.bos):
+            break
+        reply_ids.append(token)
+        piece = decoder.add(token)
+        pieces.append(piece)
+        out.write(piece)
+        out.flush()
+    piece = decoder.flush()
+    pieces.append(piece)
+    out.write(piece + "\n")
+    out.flush()
+    history.add_reply(reply_ids)
+    return "".join(pieces)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.max_tokens < 1 or args.temperature < 0:
+        raise UserError("-m must be at least 1 and -t at least 0")
+    rt = compute_init(args.device_type)
+    model, tokenizer, _ = load_model(args.source, rt.device, phase="eval", model_tag=args.model_tag,
+                                     step=args.step, verbose=not args.prompt)
+    engine = Engine(model, tokenizer)
+    history = ChatHistory(tokenizer)
+    if args.prompt:
+        with rt.autocast():
+            stream_reply(engine, history, args.prompt, args, turn=0)
+        compute_cleanup()
+        return
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"nanochat ({args.source}) | 'clear' starts a new conversation, 'quit' or Ctrl-D leaves")
+    turn = 0
+    while True:
+        try:
+            user_text = input("\nUser: " if interactive else "")
+        except EOFError:
+            if interactive:
+                print()
+            break
+        command = user_text.strip().lower()
+        if command in ("quit", "exit"):
+            break
+        if command == "clear":
+            history.clear()
+            print("(new conversation)")
+            continue
+        if not user_text.strip():
+            continue
+        if not interactive:
+            print(f"User: {user_text}")
+        print("Assistant: ", end="", flush=True)
+        with rt.autocast():
+            stream_reply(engine, history, user_text, args, turn)
+        turn += 1
+    compute_cleanup()
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,43 @@
+"""
+Supervised finetuning (SFT): train on whole conversations, one per row, loss on the assistant only.
+
+Pipeline position: after midtraining; loads mid_checkpoints/<tag>/ and writes
+chatsft_checkpoints/<tag>/ (model, meta, optimizer, metrics.jsonl), which chat_eval, chat_cli,
+chat_web and RL load.
+
+Why another stage after midtraining: midtraining packs conversations densely into long rows; SFT
+shows each conversation on its own, padded, starting at position 0 of a row, exactly as the model
+sees a conversation when it chats, with a small learning rate (--init-lr-frac) that decays to 0.
+
+The default mixture is ARC-Easy + ARC-Challenge + GSM8K + SmolTalk from the Hugging Face hub plus
+the offline synthetic tasks (Identity, SpellingBee, SimpleSpelling, Arithmetic). Without a network
+(or with --offline) it trains on the offline tasks alone, plus --custom-json if you give one.
+
+Examples:
+    python -m scripts.chat_sft --offline --device-batch-size 8 --target-examples-per-step 32 --num-iterations 100
+    python -m scripts.chat_sft --source mid --model-tag d4 --custom-json my_conversations.jsonl
+    torchrun --standalone --nproc_per_node=8 -m scripts.chat_sft
+    python -m scripts.chat_sft --offline --num-iterations 100 --save-every 50 --resume-from-step 50
+"""
+
+import argparse
+
+from nanochat.common import run_main
+from nanochat.finetune import add_finetune_args, run_finetune
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_finetune_args(p, "sft")
+    p.add_argument("--device-batch-size", type=int, default=4, help="conversations per forward/backward per process")
+    p.add_argument("--target-examples-per-step", type=int, default=32, help="conversations per optimizer step")
+    p.add_argument("--eval-steps", type=int, default=100, help="val batches per val bpb evaluation")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    run_finetune(parse_args(argv), "sft")
+
+
+if __name__ == "__main__":
+    run_main(main)
