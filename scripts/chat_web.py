@@ -1,0 +1,71 @@
+"""
+Chat with a trained model in the browser, or through any OpenAI client, over HTTP.
+
+Pipeline position: the last stage; serves a checkpoint of any stage (base, mid, sft, rl).
+The server logic lives in nanochat/web.py and the page in nanochat/ui.html; this script parses the
+flags, loads one model copy per GPU (one on CPU) and runs uvicorn.
+
+Endpoints:
+    GET  /                      the chat page
+    GET  /health                ready? how many workers, how many free
+    GET  /stats                 per-worker device, busy flag, requests served, tokens generated
+    POST /v1/chat/completions   the OpenAI Chat Completions API (stream or not); top_k as an extra field
+    GET  /v1/models             the one model served
+    POST /chat/completions      nanochat's own stream for the page: {"token": ...} events, then {"done": true}
+
+Examples:
+    python -m scripts.chat_web                          # the best sft model, http://127.0.0.1:8000
+    python -m scripts.chat_web -i base -t 0.8 -k 50     # talk to the base model (it just continues text)
+    python -m scripts.chat_web -i sft -g d20 -s 800 -m 1024
+    python -m scripts.chat_web -n 8 --host 0.0.0.0      # 8 GPUs, reachable from other machines
+"""
+
+import argparse
+
+from nanochat.common import UserError, run_main
+from nanochat.web import MAX_TOKENS_RANGE, SamplingDefaults, WorkerPool, create_app, load_workers
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-i", "--source", type=str, default="sft", help="which stage's checkpoints: base, mid, sft or rl")
+    p.add_argument("-g", "--model-tag", type=str, default=None, help="model tag, e.g. d20 (default: the largest)")
+    p.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the last)")
+    p.add_argument("-n", "--num-gpus", type=int, default=None,
+                   help="workers, one model copy per GPU (default: every visible GPU; one on CPU)")
+    p.add_argument("-t", "--temperature", type=float, default=0.6, help="default temperature (0 = greedy)")
+    p.add_argument("-k", "--top-k", type=int, default=50, help="default top-k (0 = off)")
+    p.add_argument("-m", "--max-tokens", type=int, default=512,
+                   help=f"default reply length in tokens ({MAX_TOKENS_RANGE[0]}-{MAX_TOKENS_RANGE[1]})")
+    p.add_argument("-p", "--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--host", type=str, default="127.0.0.1",
+                   help="address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    p.add_argument("--max-queue", type=int, default=None,
+                   help="requests that may wait for a busy worker before new ones get 503 (default: 8 per worker)")
+    p.add_argument("--device-type", type=str, default="", help="cuda|cpu|mps (empty: autodetect)")
+    p.add_argument("--log-level", type=str, default="info", help="uvicorn log level (warning: no access log)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    defaults = SamplingDefaults(args.temperature, args.top_k, args.max_tokens)
+    defaults.check()
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"-p/--port is {args.port}; use a port between 1 and 65535 (0 picks a free one)")
+    if args.max_queue is not None and args.max_queue < 0:
+        raise UserError(f"--max-queue is {args.max_queue}; it must be 0 or more")
+    workers, model_name, _ = load_workers(args.source, args.device_type, args.num_gpus, args.model_tag, args.step)
+    max_queue = args.max_queue if args.max_queue is not None else 8 * len(workers)
+    pool = WorkerPool(workers, max_queue)
+    app = create_app(pool, model_name, defaults)
+    devices = ", ".join(str(w.device) for w in workers)
+    print(f"serving {model_name} on {devices} ({len(workers)} worker(s), queue {max_queue})")
+    print(f"open http://{args.host}:{args.port}/ in a browser  (Ctrl+C stops)")
+
+    import uvicorn
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    run_main(main)
