@@ -27,7 +27,7 @@ EXAMPLES = [
     "python tools/tokenizer_playground.py --file my_data.txt --against cl100k o200k",
     "python tools/tokenizer_playground.py --chat                 # a demo conversation with a tool call",
     'python tools/tokenizer_playground.py --chat "Hi" "Hello! How can I help?"',
-    "python tools/tokenizer_playground.py --chat conversation.json",
+    "python tools/tokenizer_playground.py --chat conversation.json   # a JSON list of messages",
 ]
 
 
@@ -41,13 +41,14 @@ def parse_args(argv):
     p.add_argument("--against", nargs="+", metavar="ENC", help="also count tokens with gpt2 / cl100k / o200k")
     p.add_argument("--file", type=str, help="measure compression on this UTF-8 text file")
     p.add_argument("--max-bytes", type=int, default=20_000_000, help="read at most this much of --file")
-    p.add_argument("--chat", nargs="?", const="", default=None, metavar="JSON",
-                   help="render a conversation (a JSON file, the positional turns, or a demo) with supervision")
+    p.add_argument("--chat", action="store_true",
+                   help="render a conversation with its supervision mask: the TEXT arguments as alternating "
+                        "user/assistant turns, one .json file of messages, or (no TEXT) a demo with a tool call")
     p.add_argument("--max-rows", type=int, default=200, help="longest token table to print")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args(argv)
     if not (args.text or args.interactive or args.special or args.vocab or args.compare or args.file
-            or args.chat is not None):
+            or args.chat):
         raise UserError("nothing to do: give a TEXT, or one of -i, --special, --vocab, --compare, --file, --chat (see --help)")
     return args
 
@@ -167,12 +168,12 @@ def show_file(tokenizer, args, out):
 
 
 def load_chat(args):
-    if args.chat:
-        text = ti.read_text_file(args.chat)
+    if len(args.text) == 1 and args.text[0].endswith(".json"):
+        path = args.text[0]
         try:
-            return json.loads(text)
+            return json.loads(ti.read_text_file(path))
         except json.JSONDecodeError as e:
-            raise UserError(f"{args.chat} is not valid JSON ({e.msg} at line {e.lineno}); "
+            raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); "
                             "give a list of {role, content} messages") from None
     if args.text:
         return ti.conversation_from_turns(args.text)
@@ -225,7 +226,7 @@ def main(argv=None):
         show_compare(tokenizer, args, out)
     if args.file:
         show_file(tokenizer, args, out)
-    if args.chat is not None:
+    if args.chat:
         show_chat(tokenizer, args, out)
     elif args.text:
         show_text(tokenizer, " ".join(args.text), args, out)
