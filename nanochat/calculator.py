@@ -20,6 +20,7 @@ every power is checked *before* it is computed, and anything that would be too b
 """
 
 import ast
+import warnings
 import math
 import operator
 
@@ -52,7 +53,9 @@ def use_calculator(expr: str) -> str | None:
     if not expr or len(expr) > MAX_EXPRESSION_CHARS:
         return None
     try:
-        tree = ast.parse(expr, mode="eval")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)  # e.g. "1a" from a confused model
+            tree = ast.parse(expr, mode="eval")
         value = _evaluate(tree.body)
     except (_Refused, SyntaxError, ValueError, ArithmeticError, RecursionError, MemoryError):
         # ArithmeticError covers ZeroDivisionError and OverflowError (e.g. 10.0**400)

@@ -198,3 +198,19 @@ class Engine:
             if all(done):
                 break
         return results, masks
+
+
+# prompts that show what a base model has learned (the base stages print their completions)
+SAMPLE_PROMPTS = ["The capital of France is", "Once upon a time", "To be, or not to be", "My lord, I",
+                  "The opposite of hot is"]
+
+
+def complete_prompts(model, tokenizer, prompts=SAMPLE_PROMPTS, max_tokens=24):
+    """Greedy continuations of plain-text prompts (BOS + prompt), one string per prompt."""
+    engine = Engine(model, tokenizer)
+    lines = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
+        rows, _ = engine.generate_batch(ids, 1, max_tokens=max_tokens, temperature=0.0)
+        lines.append(tokenizer.decode(rows[0][1:]))
+    return lines

@@ -24,6 +24,7 @@ from nanochat.checkpoint_manager import load_model, resolve_checkpoint
 from nanochat.core_eval import get_bundle, evaluate_core
 from nanochat.loss_eval import evaluate_split_bpb
 from nanochat.tokenizer import get_token_bytes
+from nanochat.engine import complete_prompts
 
 EVALS = ("core", "bpb", "sample")
 
@@ -101,8 +102,7 @@ def main(argv=None):
             print0(f"{split} bpb: {bpb:.4f}")
 
     if "sample" in evals and rt.master:
-        from scripts.base_loss import greedy_samples, SAMPLE_PROMPTS
-        for line in greedy_samples(model, tokenizer, SAMPLE_PROMPTS, 24):
+        for line in complete_prompts(model, tokenizer):
             print0("sample: " + line.replace("\n", " "))
             lines.append(f"sample: {line!r}")
 

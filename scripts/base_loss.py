@@ -17,11 +17,7 @@ from nanochat.common import compute_init, compute_cleanup, print0, run_main, Use
 from nanochat.checkpoint_manager import load_model
 from nanochat.loss_eval import evaluate_split_bpb
 from nanochat.tokenizer import get_token_bytes
-from nanochat.engine import Engine
-
-SAMPLE_PROMPTS = ["The capital of France is", "Once upon a time", "To be, or not to be", "My lord, I",
-                  "The opposite of hot is"]
-
+from nanochat.engine import complete_prompts
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,16 +30,6 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None, help="folder of .parquet/.txt/.jsonl (default: as training)")
     p.add_argument("--max-tokens", type=int, default=24, help="tokens per sample (0: no samples)")
     return p.parse_args(argv)
-
-
-def greedy_samples(model, tokenizer, prompts, max_tokens):
-    engine = Engine(model, tokenizer)
-    lines = []
-    for prompt in prompts:
-        ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
-        rows, _ = engine.generate_batch(ids, 1, max_tokens=max_tokens, temperature=0.0)
-        lines.append(tokenizer.decode(rows[0][1:]))
-    return lines
 
 
 def main(argv=None):
@@ -62,7 +48,7 @@ def main(argv=None):
         print0(f"{split} bpb: {bpb:.4f}")
     samples = []
     if rt.master and args.max_tokens > 0:
-        samples = greedy_samples(model, tokenizer, SAMPLE_PROMPTS, args.max_tokens)
+        samples = complete_prompts(model, tokenizer, max_tokens=args.max_tokens)
         for line in samples:
             print0("sample: " + line.replace("\n", " "))
     if rt.master:

@@ -26,6 +26,7 @@ from nanochat.common import (compute_init, compute_cleanup, print0, get_base_dir
 from nanochat.gpt import config_from_depth, build_model
 from nanochat.dataloader import DataLoader
 from nanochat.loss_eval import evaluate_bpb
+from nanochat.engine import complete_prompts
 from nanochat import checkpoint_manager as cm
 from nanochat import training as tr
 
@@ -71,18 +72,6 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (the last step is always saved)")
     p.add_argument("--resume-from-step", type=int, default=-1, help="continue a run from its checkpoint at this step")
     return p.parse_args(argv)
-
-
-SAMPLE_PROMPTS = ["The capital of France is", "Once upon a time", "To be, or not to be", "My lord, I"]
-
-
-def sample_text(model, tokenizer, prompts, max_tokens=24):
-    lines = []
-    for prompt in prompts:
-        ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
-        out = list(model.generate(ids, max_tokens, temperature=0.0))
-        lines.append(prompt + tokenizer.decode(out))
-    return lines
 
 
 def main(argv=None):
@@ -220,7 +209,7 @@ def main(argv=None):
                     print0(f"step {done:05d} | CORE {core:.4f}")
         if rt.master and args.sample_every > 0 and (done % args.sample_every == 0 or last):
             model.eval()
-            for line in sample_text(model, tokenizer, SAMPLE_PROMPTS):
+            for line in complete_prompts(model, tokenizer):
                 print0("  sample: " + line.replace("\n", " "))
             model.train()
         if last or (args.save_every > 0 and done % args.save_every == 0):
