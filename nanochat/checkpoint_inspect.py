@@ -273,7 +273,6 @@ def compare_metas(meta_a, meta_b):
 def weight_changes(dir_a, step_a, dir_b, step_b):
     """Relative change ||B - A|| / ||A|| per layer (and for the embeddings / head / scalars) between
     two checkpoints of the same shape. Returns [(name, relative change, numel)]."""
-    import torch
     sa, _, _ = cm.load_checkpoint(dir_a, step_a, "cpu")
     sb, _, _ = cm.load_checkpoint(dir_b, step_b, "cpu")
     sa, sb = cm.clean_state_dict(sa), cm.clean_state_dict(sb)

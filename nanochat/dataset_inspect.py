@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from nanochat.common import UserError
-from nanochat.conversation_check import validate_jsonl, read_raw_lines, conversation_messages
+from nanochat.conversation_check import validate_jsonl, read_raw_lines
 
 PRETRAIN_EXTS = (".parquet", ".txt")
 

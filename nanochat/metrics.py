@@ -447,7 +447,7 @@ def plot_runs(histories, output, x="step"):
             best = min((v, xv) for xv, v in zip(vx, vy) if finite(v)) if any(finite(v) for v in vy) else None
             if best:
                 ax_val.annotate(f"best {best[0]:.4f}", (best[1], best[0]), textcoords="offset points",
-                                xytext=(0, 8), ha="center", fontsize=8, color=c)
+                                xytext=(-4, 8), ha="right", fontsize=8, color=c)
         lx, ly = h.series("lr", x)
         if ly:
             ax_lr.plot(lx, ly, color=c, linewidth=2, label=h.name)

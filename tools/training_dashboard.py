@@ -146,7 +146,6 @@ def export_csv(history, path):
 
 def show(args):
     histories = [mx.load_run(args.dir, args.base_dir)] + [mx.load_run(d, args.base_dir) for d in args.compare]
-    main_run = histories[0]
     if args.json:
         out = [dict(mx.summarize(h), diagnosis=[f.__dict__ for f in mx.diagnose(h)]) for h in histories]
         print(json.dumps(out[0] if len(out) == 1 else out, indent=2, default=str))
