@@ -47,6 +47,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_port_free(host, port):
+    import socket
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another port with -p "
+                            "or stop whatever uses it")
+
+
 def main(argv=None):
     args = parse_args(argv)
     defaults = SamplingDefaults(args.temperature, args.top_k, args.max_tokens)
@@ -55,6 +65,7 @@ def main(argv=None):
         raise UserError(f"-p/--port is {args.port}; use a port between 1 and 65535 (0 picks a free one)")
     if args.max_queue is not None and args.max_queue < 0:
         raise UserError(f"--max-queue is {args.max_queue}; it must be 0 or more")
+    check_port_free(args.host, args.port)  # before the slow model loading, not after
     workers, model_name, _ = load_workers(args.source, args.device_type, args.num_gpus, args.model_tag, args.step)
     max_queue = args.max_queue if args.max_queue is not None else 8 * len(workers)
     pool = WorkerPool(workers, max_queue)

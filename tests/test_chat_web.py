@@ -316,6 +316,24 @@ def test_streamed_text_of_random_bytes_equals_decoding_the_whole_reply(server, t
     assert split_seen, "no reply had a multi-byte character spread over tokens; the check proved nothing"
 
 
+def test_readme_examples_work_against_the_server(server, capsys):
+    """The curl and openai examples of docs/web_chat.md (the README section), run for real."""
+    import re
+    import shutil
+    text = open(os.path.join(REPO, "docs", "web_chat.md")).read()
+    python_code = re.search(r"```python[^\n]*\n(.*?)```", text, re.S).group(1)
+    curl = re.search(r"```bash\n(curl .*?)```", text, re.S).group(1)
+    assert "http://127.0.0.1:8000" in python_code and "http://127.0.0.1:8000" in curl
+    python_code = python_code.replace("max_tokens=200", "max_tokens=20").replace("stream=True)", "stream=True, max_tokens=20)")
+    exec(compile(python_code.replace("http://127.0.0.1:8000", server), "web_chat.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert len(out.strip()) > 10
+    if shutil.which("curl"):
+        r = subprocess.run(["bash", "-c", curl.replace("http://127.0.0.1:8000", server)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.rstrip().endswith("data: [DONE]"), r.stdout[-300:] + r.stderr
+
+
 def test_openai_client_sees_validation_errors_as_bad_request(server):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=server + "/v1", api_key="none", max_retries=0)
@@ -397,14 +415,24 @@ def test_invalid_requests_get_4xx_naming_the_field(server, endpoint):
     assert httpx.get(server + "/stats").json()["queued"] == 0  # refused requests hold no place in line
 
 
-def test_invalid_flags_are_one_line_errors(tiny_run, tmp_path):
+def test_invalid_flags_are_user_errors(tiny_base_dir):
+    from scripts import chat_web
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    with taken:
+        for args, needle in ((["-k", "300"], "top-k"), (["-n", "2", "--device-type", "cpu"], "one worker"),
+                             (["-g", "d99"], "unknown model tag"), (["-p", str(taken.getsockname()[1])], "cannot listen")):
+            with pytest.raises(UserError, match=needle):
+                chat_web.main(["-i", "base", *args])
+
+
+def test_a_bad_flag_is_one_line_on_stderr_with_exit_code_2(tiny_run):
     env = dict(os.environ, NANOCHAT_BASE_DIR=str(tiny_run))
-    for args, needle in ((["-k", "300"], "top-k"), (["-n", "2", "--device-type", "cpu"], "one worker"),
-                         (["-g", "d99"], "unknown model tag")):
-        r = subprocess.run([sys.executable, "-m", "scripts.chat_web", "-i", "base", *args], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
-        assert len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([sys.executable, "-m", "scripts.chat_web", "-i", "base", "-t", "9"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert "temperature" in r.stderr and "Traceback" not in r.stderr
 
 
 # -----------------------------------------------------------------------------
