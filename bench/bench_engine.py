@@ -1,0 +1,147 @@
+"""
+Benchmark inference: what the KV cache buys, prefill speed, and batched decoding, in one run.
+
+- decode with vs without the KV cache: ms per generated token after a prompt of 128 / 512 / 1024
+  tokens. Without a cache (GPT.generate, the reference) every new token re-reads the whole
+  context, so its cost grows with the context; with the cache (Engine) a new token costs one
+  position. The ratio is the speed-up.
+- prefill: tokens/s of running a prompt through the model once while filling the cache.
+- batch decode: tokens/s of Engine rows decoding together (num_samples 1 / 4 / 16).
+
+Decode cost is the time from the first generated token to the N-th, divided by N - 1: the clock
+starts after the prompt's prefill, so only decoding is timed. Timings are the best of --repeats. The model is the CPU demo's size
+(depth 4, dim 256, head dim 64, vocab 4096), randomly initialised: speed does not depend on the
+weights. The Engine gets a stand-in tokenizer whose special tokens lie outside the vocabulary, so
+no row ever stops early and every run generates exactly the tokens asked for.
+
+Examples:
+    python -m bench.bench_engine
+    python -m bench.bench_engine --contexts 128,512,1024,2048 --device-type cuda
+"""
+
+import time
+import argparse
+
+import torch
+
+from nanochat.common import compute_init, run_main, UserError
+from nanochat.gpt import config_from_depth, build_model
+from nanochat.engine import Engine, KVCache
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--sequence-len", type=int, default=256, help="training context (rotary tables cover 10x)")
+    p.add_argument("--contexts", type=str, default="128,512,1024", help="prompt lengths for cache vs no cache")
+    p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per timing")
+    p.add_argument("--samples", type=str, default="1,4,16", help="num_samples for batch decoding")
+    p.add_argument("--repeats", type=int, default=3, help="each timing is the best of this many")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    p.add_argument("--device-type", type=str, default="cpu", help="cpu|cuda|mps (empty: autodetect)")
+    return p.parse_args(argv)
+
+
+class StandInTokenizer:
+    """What Engine needs from a tokenizer; special ids outside the vocabulary are never sampled."""
+
+    SPECIALS = ["<|bos|>", "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>",
+                "<|assistant_end|>"]
+
+    def __init__(self, vocab_size):
+        self.ids = {name: vocab_size + 1000 + i for i, name in enumerate(self.SPECIALS)}
+
+    def encode_special(self, name):
+        return self.ids[name]
+
+    def get_bos_token_id(self):
+        return self.ids["<|bos|>"]
+
+
+def best_time(fn, repeats, sync):
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def decode_seconds_per_step(make_iterator, n, repeats, sync):
+    """Seconds per decode step: the clock runs from the first yielded token to the n-th."""
+    best = float("inf")
+    for _ in range(repeats):
+        iterator = make_iterator()
+        next(iterator)  # prefill + first token, not timed
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n - 1):
+            next(iterator)
+        sync()
+        best = min(best, (time.perf_counter() - t0) / (n - 1))
+        iterator.close()
+    return best
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        contexts = [int(c) for c in args.contexts.split(",")]
+        samples = [int(s) for s in args.samples.split(",")]
+    except ValueError:
+        raise UserError("--contexts and --samples take comma-separated whole numbers, e.g. 128,512,1024") from None
+    if args.new_tokens < 2 or args.repeats < 1:
+        raise UserError("--new-tokens must be at least 2 and --repeats at least 1")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    rt = compute_init(args.device_type)
+    config = config_from_depth(args.depth, args.vocab_size, args.sequence_len, head_dim=args.head_dim,
+                               window_pattern="L")
+    model = build_model(config, rt.device)
+    model.eval()
+    longest = max(contexts) + args.new_tokens
+    if longest > model.rotary_seq_len:
+        raise UserError(f"context {max(contexts)} + {args.new_tokens} new tokens is past the model's rotary table "
+                        f"({model.rotary_seq_len}); raise --sequence-len")
+    engine = Engine(model, StandInTokenizer(args.vocab_size))
+    gen = torch.Generator().manual_seed(0)
+    sync = rt.synchronize
+    n = args.new_tokens
+    print(f"model: depth {config.n_layer}, dim {config.n_embd}, {config.n_head} heads, vocab {config.vocab_size} "
+          f"| {rt.device_type}, {torch.get_num_threads()} thread(s) | {n} new tokens, best of {args.repeats}")
+
+    print("\ndecode, ms per token   context    no cache    KV cache    speed-up")
+    for ctx in contexts:
+        prompt = torch.randint(0, args.vocab_size, (ctx,), generator=gen).tolist()
+        no_cache = decode_seconds_per_step(lambda: model.generate(prompt, n, temperature=0.0), n, args.repeats, sync)
+        cached = decode_seconds_per_step(lambda: engine.generate(prompt, 1, max_tokens=n, temperature=0.0), n,
+                                         args.repeats, sync)
+        print(f"{'':22} {ctx:7d} {1000 * no_cache:11.2f} {1000 * cached:11.2f} {no_cache / cached:10.1f}x")
+
+    print("\nprefill                context    tokens/s")
+    for ctx in contexts:
+        ids = torch.randint(0, args.vocab_size, (1, ctx), generator=gen).to(rt.device)
+
+        def prefill():
+            with torch.no_grad():
+                model(ids, kv_cache=KVCache.for_model(model, 1, ctx))
+        print(f"{'':22} {ctx:7d} {ctx / best_time(prefill, args.repeats, sync):11,.0f}")
+
+    ctx = contexts[0]
+    prompt = torch.randint(0, args.vocab_size, (ctx,), generator=gen).tolist()
+    print(f"\nbatch decode (context {ctx})  rows    tokens/s    vs 1 row")
+    single = None
+    for rows in samples:
+        per_step = decode_seconds_per_step(
+            lambda: engine.generate(prompt, rows, max_tokens=n, temperature=1.0, seed=1), n, args.repeats, sync)
+        tps = rows / per_step
+        single = single or tps
+        print(f"{'':28} {rows:4d} {tps:11,.0f} {tps / single:10.1f}x")
+
+
+if __name__ == "__main__":
+    run_main(main)
