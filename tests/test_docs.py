@@ -167,7 +167,6 @@ def docs_env(tiny_run, tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("guide", markdown_files())
 def test_guide_snippets_run_and_their_asserts_hold(guide, docs_env):
     run_markdown(os.path.join(DOCS, guide))
@@ -193,8 +192,14 @@ def bash_commands(markdown):
     for info, _, code in fenced_blocks(markdown):
         if info not in ("bash", "sh", "shell"):
             continue
+        pending = ""
         for line in code.replace("\\\n", " ").splitlines():
-            words = shlex.split(line, comments=True)
+            pending = f"{pending}\n{line}" if pending else line
+            try:
+                words = shlex.split(pending, comments=True)
+            except ValueError:
+                continue  # a quoted string that goes on over the next line(s)
+            pending = ""
             if words:
                 commands.append(words)
     return commands
@@ -254,3 +259,6 @@ def test_script_invocations_are_found():
          "torchrun --standalone --nproc_per_node=2 -m scripts.mid_train \\\n  --offline\n```\n"
     assert script_invocations(md) == [("scripts.base_train", ["--depth", "4"]),
                                       ("scripts.mid_train", ["--offline"])]
+    multi_line_quote = "```bash\ncurl -d '{\n  \"a\": 1}'\npython -m scripts.chat_cli -p hi\n```\n"
+    assert bash_commands(multi_line_quote)[0] == ["curl", "-d", '{\n  "a": 1}']
+    assert script_invocations(multi_line_quote) == [("scripts.chat_cli", ["-p", "hi"])]
