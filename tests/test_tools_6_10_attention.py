@@ -132,3 +132,42 @@ def test_induction_score_is_none_without_repeated_tokens():
     probs = torch.tril(torch.ones(1, 4, 4))
     probs = probs / probs.sum(-1, keepdim=True)
     assert pattern_scores(probs, ids)[0]["induction"] is None
+
+
+def run_tool(*args):
+    import os, sys, subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, os.path.join(repo, "tools", "attention_visualizer.py"), *map(str, args)],
+                          cwd=repo, capture_output=True, text=True, env=dict(os.environ, NO_COLOR="1"), timeout=120)
+
+
+def test_visualizer_shows_the_trained_models_real_attention_and_writes_a_heatmap(tiny_base_dir, tmp_path):
+    import json
+    from nanochat.checkpoint_manager import load_model
+    from nanochat.plotting import image_size
+    out = tmp_path / "att.png"
+    r = run_tool("--text", "To be or not to be", "--all-layers", "--json", "--heatmap", "--output", out)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    model, tokenizer, _ = load_model("base", "cpu", verbose=False)
+    ids = tokenizer.encode("To be or not to be", prepend=tokenizer.get_bos_token_id())
+    assert data["ids"] == ids
+    for layer in range(model.config.n_layer):
+        shown = torch.tensor(data["layers"][str(layer)])
+        ref = reference_probs(model, ids, layer)
+        assert torch.allclose(shown, ref, atol=1e-5)
+        assert torch.allclose(shown.sum(-1), torch.ones_like(shown.sum(-1)), atol=1e-5)
+        assert (torch.triu(shown, diagonal=1) == 0).all()
+    assert len(data["heads"]) == model.config.n_layer * model.config.n_head
+    assert image_size(out)[0] > 300
+
+
+def test_visualizer_text_view_and_across_checkpoints(tiny_base_dir, tmp_path):
+    r = run_tool("--text", "a b c a b c", "--layer", 1, "--head", 0, "--top-k", 2, "--across-checkpoints",
+                 "--heatmap", "--output", tmp_path / "x.png")
+    assert r.returncode == 0, r.stderr
+    assert "Layer 1, head 0" in r.stdout and "Head patterns" in r.stdout
+    assert [line.split()[0] for line in r.stdout.split("across checkpoints")[1].splitlines()[4:7]] == ["4", "8", "12"]
+    assert (tmp_path / "x.png").exists()
+    bad = run_tool("--text", "hi", "--layer", 7)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "layers 0..1" in bad.stderr
