@@ -27,6 +27,7 @@ so no streamed piece ever contains half a character.
 import asyncio
 import codecs
 import json
+import logging
 import math
 import os
 import threading
@@ -40,6 +41,8 @@ from dataclasses import dataclass, field
 import torch
 
 from nanochat.common import UserError
+
+log = logging.getLogger("uvicorn.error")  # shows up in the server's own log output
 
 # -----------------------------------------------------------------------------
 # request limits (the README and the UI quote these)
@@ -203,7 +206,9 @@ def parse_chat_request(body, defaults):
     top_p = _number(body, "top_p", 0.0, 1.0, 1.0)
     if top_p == 0.0:
         raise RequestError("top_p is 0; it must be above 0 and at most 1 (1 = off)", param="top_p")
-    max_name = "max_completion_tokens" if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None else "max_tokens"
+    # newer OpenAI clients may send max_completion_tokens instead of max_tokens
+    max_name = "max_tokens" if body.get("max_tokens") is not None or "max_completion_tokens" not in body \
+        else "max_completion_tokens"
     max_tokens = _number(body, max_name, *MAX_TOKENS_RANGE, defaults.max_tokens, integer=True)
     seed = _number(body, "seed", 0, 2**63 - 1, None, integer=True)
     if seed is None:
@@ -597,6 +602,10 @@ def create_app(pool, model_name, defaults=None, ui_path=UI_PATH):
 
     async def start(request):
         """Read, check and admit a request: (ChatRequest, prompt ids, Admission)."""
+        declared = request.headers.get("content-length", "0")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:  # refuse before reading it all
+            raise RequestError(f"the request body is {int(declared):,} bytes; the limit is {MAX_BODY_BYTES:,}",
+                               status=413)
         chat = parse_chat_request(parse_json_body(await request.body()), defaults)
         ids, _ = fit_prompt(tokenizer, chat.messages, context_len)
         return chat, ids, pool.admit()
@@ -610,7 +619,12 @@ def create_app(pool, model_name, defaults=None, ui_path=UI_PATH):
             return StreamingResponse(_openai_stream(admission, ids, chat, reply_id, stamp),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
                                      background=BackgroundTask(admission.close))
-        text, end = await _collect_or_disconnect(request, admission, ids, chat)
+        try:
+            text, end = await _collect_or_disconnect(request, admission, ids, chat)
+        except Exception as e:
+            log.exception("generation failed")
+            return JSONResponse(_error_body(f"generation failed: {type(e).__name__}: {e}", kind="server_error"),
+                                status_code=500)
         if end is None:  # the client left; nobody reads this
             return JSONResponse(_error_body("client disconnected"), status_code=499)
         return {"id": reply_id, "object": "chat.completion", "created": stamp, "model": model_name,
@@ -638,6 +652,7 @@ def create_app(pool, model_name, defaults=None, ui_path=UI_PATH):
                     else:
                         yield chunk({"content": event})
         except Exception as e:  # headers are gone already: report inside the stream
+            log.exception("generation failed")
             yield _sse(_error_body(f"generation failed: {type(e).__name__}: {e}", kind="server_error"))
         finally:
             admission.close()
@@ -663,6 +678,7 @@ def create_app(pool, model_name, defaults=None, ui_path=UI_PATH):
                     else:
                         yield _sse({"token": event})
         except Exception as e:
+            log.exception("generation failed")
             yield _sse({"error": f"generation failed: {type(e).__name__}: {e}"})
         finally:
             admission.close()

@@ -412,6 +412,9 @@ def test_invalid_requests_get_4xx_naming_the_field(server, endpoint):
     for raw in (b"{not json", b"[1, 2]", b"\xff\xfe"):
         r = httpx.post(server + endpoint, content=raw, headers={"content-type": "application/json"}, timeout=10)
         assert r.status_code == 400 and "JSON" in r.json()["error"]["message"], r.text
+    huge = b'{"messages": [{"role": "user", "content": "' + b"x" * 1_100_000 + b'"}]}'
+    r = httpx.post(server + endpoint, content=huge, headers={"content-type": "application/json"}, timeout=10)
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
     assert httpx.get(server + "/stats").json()["queued"] == 0  # refused requests hold no place in line
 
 
@@ -568,6 +571,7 @@ def test_32_streaming_clients_for_20_seconds(tiny_run, tmp_path):
     rss = res["rss"]
     early = max(rss[len(rss) // 4: len(rss) // 3])
     late = max(rss[-len(rss) // 4:])
+    print(f"server RSS {early / 2**20:.0f} MB after warm-up, {late / 2**20:.0f} MB at the end")
     assert late - early < 40 * 2**20, f"RSS grew {(late - early) / 2**20:.1f} MB"
     assert final["available"] == 1 and final["queued"] == 0
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
