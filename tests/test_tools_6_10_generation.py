@@ -105,3 +105,80 @@ def test_chat_prompt_uses_the_chat_template(model_and_tokenizer):
     ids = prompt_ids_for(tokenizer, "What is 2+2?", chat=True)
     assert ids == tokenizer.render_for_completion({"messages": [{"role": "user", "content": "What is 2+2?"}]})
     assert ids[-1] == tokenizer.encode_special("<|assistant_start|>")
+
+
+# ----------------------------------------------------------------------------- the tool
+
+def run_tool(*args, stdin=None, base=None):
+    import os, sys, subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NO_COLOR="1")
+    if base is not None:
+        env["NANOCHAT_BASE_DIR"] = str(base)
+    return subprocess.run([sys.executable, os.path.join(repo, "tools", "generation_explorer.py"), *map(str, args)],
+                          cwd=repo, capture_output=True, text=True, env=env, input=stdin, timeout=120)
+
+
+def test_explorer_probs_match_a_direct_forward_pass_and_filter_order_is_the_engines(model_and_tokenizer):
+    import json
+    from nanochat.engine import FILTER_ORDER
+    model, tokenizer = model_and_tokenizer
+    r = run_tool("--prompt", "My lord", "--show-probs", "--max-tokens", 5, "--temperature", 0.9, "--top-k", 30,
+                 "--seed", 7, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["filter_order"] == list(FILTER_ORDER)
+    ids = list(out["prompt_ids"])
+    assert ids == tokenizer.encode("My lord", prepend=tokenizer.get_bos_token_id())
+    for step in out["steps"]:
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]))[0, -1].double() / 0.9
+        kth = torch.topk(logits, 30).values[-1]
+        probs = torch.softmax(logits.masked_fill(logits < kth, float("-inf")), -1)
+        assert step["prob"] == pytest.approx(probs[step["token_id"]].item(), abs=1e-5)
+        ids.append(step["token_id"])
+    text = run_tool("--prompt", "My lord", "--show-probs", "--max-tokens", 3, "--top-p", 0.8).stdout
+    listed = [line.split(".")[1].split(":")[0].strip() for line in text.splitlines() if line.strip()[:2] in ("1.", "2.", "3.", "4.")]
+    assert listed == list(FILTER_ORDER)
+    assert "keep the smallest set with total probability >= 0.8" in text
+
+
+def test_explorer_compare_runs_give_one_generation_per_setting(tiny_base_dir):
+    import json
+    r = run_tool("--prompt", "Once", "--compare-temp", 0.1, 0.7, 1.5, "--max-tokens", 6, "--json")
+    assert r.returncode == 0, r.stderr
+    comp = json.loads(r.stdout)["comparison"]
+    assert [c["temperature"] for c in comp] == [0.1, 0.7, 1.5]
+    r = run_tool("--prompt", "Once", "--compare-topk", "--max-tokens", 6)
+    assert r.returncode == 0, r.stderr
+    table = r.stdout.split("one generation per top_k")[1].splitlines()[4:]
+    assert [line.split()[0] for line in table if line.strip()] == ["1", "5", "20", "50", "off"]
+
+
+def test_explorer_force_branch_and_interactive_mode_through_stdin(tiny_base_dir):
+    import json
+    r = run_tool("--prompt", "The", "--force", "#65", "--force-at", 2, "--max-tokens", 5, "--json")
+    out = json.loads(r.stdout)
+    assert [s["token_id"] for s in out["branch"][:2]] == [s["token_id"] for s in out["steps"][:2]]
+    assert out["branch"][2]["token_id"] == 65 and out["branch"][2]["forced"]
+    r = run_tool("-i", "--max-tokens", 3, stdin=":temp 0\n:topk 5\nHello\n:nonsense\n:quit\n")
+    assert r.returncode == 0, r.stderr
+    assert "0 = greedy" in r.stdout and "keep the 5 most likely tokens" in r.stdout
+    assert "unknown command :nonsense" in r.stdout and "Hello" in r.stdout
+
+
+def test_explorer_renders_chat_template_for_sft_models(tiny_run, tmp_path):
+    import json, shutil
+    from nanochat.tokenizer import get_tokenizer
+    from conftest import base_dir_env
+    base = tmp_path / "base"
+    shutil.copytree(tiny_run / "tokenizer", base / "tokenizer")
+    shutil.copytree(tiny_run / "base_checkpoints" / "d2", base / "chatsft_checkpoints" / "d2")
+    r = run_tool("--source", "sft", "--prompt", "What is 2+2?", "--max-tokens", 4, "--json", base=base)
+    assert r.returncode == 0, r.stderr
+    with base_dir_env(base):
+        tokenizer = get_tokenizer()
+    out = json.loads(r.stdout)
+    assert out["chat"] is True
+    assert out["prompt_ids"] == tokenizer.render_for_completion(
+        {"messages": [{"role": "user", "content": "What is 2+2?"}]})
