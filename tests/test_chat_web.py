@@ -317,15 +317,15 @@ def test_streamed_text_of_random_bytes_equals_decoding_the_whole_reply(server, t
 
 
 def test_readme_examples_work_against_the_server(server, capsys):
-    """The curl and openai examples of docs/web_chat.md (the README section), run for real."""
+    """The curl and openai examples of the README's browser-chat section, run for real."""
     import re
     import shutil
-    text = open(os.path.join(REPO, "docs", "web_chat.md")).read()
+    text = open(os.path.join(REPO, "README.md")).read()
     python_code = re.search(r"```python[^\n]*\n(.*?)```", text, re.S).group(1)
     curl = re.search(r"```bash\n(curl .*?)```", text, re.S).group(1)
     assert "http://127.0.0.1:8000" in python_code and "http://127.0.0.1:8000" in curl
     python_code = python_code.replace("max_tokens=200", "max_tokens=20").replace("stream=True)", "stream=True, max_tokens=20)")
-    exec(compile(python_code.replace("http://127.0.0.1:8000", server), "web_chat.md", "exec"), {})
+    exec(compile(python_code.replace("http://127.0.0.1:8000", server), "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert len(out.strip()) > 10
     if shutil.which("curl"):
