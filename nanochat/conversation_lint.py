@@ -194,8 +194,3 @@ def lint_jsonl(tokenizer, path, max_seq_len=None):
     linted = [(line, lint_conversation(tokenizer, messages, max_seq_len)) for line, messages in report.conversations]
     return report, linted
 
-
-def supervision_stats(ids, mask):
-    """{tokens, supervised, fraction} of one render."""
-    sup = sum(1 for m in mask if m)
-    return {"tokens": len(ids), "supervised": sup, "fraction": sup / len(ids) if ids else 0.0}
