@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from nanochat.gpt import attention_mask
+from nanochat.token_inspect import visible
 
 PATTERNS = ("previous_token", "first_token", "induction", "self")
 PATTERN_LABELS = {"previous_token": "previous-token", "first_token": "first-token sink",
@@ -167,6 +168,6 @@ def token_labels(tokenizer, ids, width=10):
     """Short printable labels of tokens for axes and tables (whitespace made visible)."""
     labels = []
     for t in ids:
-        s = tokenizer.id_to_token(t).replace("\n", "↵").replace("\t", "→").replace(" ", "·")
+        s = visible(tokenizer.id_to_token(t))
         labels.append(s if len(s) <= width else s[:width - 1] + "…")
     return labels

@@ -122,6 +122,8 @@ def analyse(args):
             print()
             print(ui.table([[name, lo, hi, a["base_lrs"].get(f"{name}_lr", "")] for name, (lo, hi)
                             in a["group_lr_range"].items()], headers=["group", "min lr", "max lr", "flag value"]))
+            print(ui.muted("  the AdamW groups (lm_head, embedding) run at flag x (768 / model dim)^0.5, see "
+                           "GPT.setup_optimizers"))
         print()
         print(ui.heading("Recommendations"))
         for r in a["recommendations"]:
