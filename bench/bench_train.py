@@ -39,7 +39,7 @@ def main():
     B, T = args.device_batch_size, args.max_seq_len
     x = torch.randint(0, args.vocab_size, (B, T))
     y = torch.randint(0, args.vocab_size, (B, T))
-    peak = measure_cpu_matmul_flops(n=2048, seconds=1.0)
+    peak = measure_cpu_matmul_flops(seconds=1.0)
     times = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
     for step in range(args.steps + 2):
         t0 = time.perf_counter()

@@ -196,7 +196,7 @@ GPU_PEAK_FLOPS = {
 _cpu_peak_cache = {}
 
 
-def measure_cpu_matmul_flops(n=1024, dtype=torch.float32, seconds=0.5):
+def measure_cpu_matmul_flops(n=2048, dtype=torch.float32, seconds=0.5):
     """Measure this CPU's fp32 matmul throughput (FLOP/s) with the current thread count.
 
     A square matmul of size n is the best case for the hardware, so this is an honest

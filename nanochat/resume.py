@@ -344,8 +344,8 @@ def pick_replay_start(ckpt_dir, n_steps):
 def replay_steps(ckpt_dir, n_steps, from_step=None, device="cpu", on_step=None):
     """Re-run n_steps optimizer steps from a checkpoint and compare with metrics.jsonl. Base runs only.
 
-    The step below is the one scripts/base_train.py takes (micro-batches accumulated, then the
-    scheduled LR, then the optimizer); tests compare both against the same logged losses."""
+    Each step is training.train_step, the same function scripts/base_train.py steps through;
+    tests compare the replayed losses against the logged ones."""
     from nanochat.common import compute_init
     from nanochat.gpt import GPTConfig, build_model
     from nanochat.tokenizer import get_tokenizer
@@ -376,19 +376,10 @@ def replay_steps(ckpt_dir, n_steps, from_step=None, device="cpu", on_step=None):
     rows = []
     model.train()
     for step in range(start, min(start + n_steps, num_iterations)):
-        loss_sum = 0.0
-        for _ in range(grad_accum):
-            x, y = next(batches)
-            with rt.autocast():
-                loss = model(x, y)
-            loss_sum += loss.detach()
-            (loss / grad_accum).backward()
         mult = tr.lr_multiplier(step, num_iterations, uc.get("warmup_ratio", 0.0), uc.get("warmdown_ratio", 0.4),
                                 uc.get("final_lr_frac", 0.0))
-        tr.apply_lr(optimizer, mult, step)
-        optimizer.step()
-        model.zero_grad(set_to_none=True)
-        replayed = (loss_sum / grad_accum).item()
+        loss, _, _ = tr.train_step(model, optimizer, batches, grad_accum, rt, mult, step)
+        replayed = loss.item()
         rows.append((step + 1, logged.get(step + 1), replayed))
         if on_step:
             on_step(step + 1)

@@ -169,14 +169,36 @@ class Progress:
 # -----------------------------------------------------------------------------
 # the optimizer-step loop shared by the finetuning stages (mid_train, chat_sft)
 
+def train_step(train_model, optimizer, batches, grad_accum, rt, lr_mult, step):
+    """One optimizer step: gradients of `grad_accum` micro-batches summed (each loss divided by
+    grad_accum, so the sum is the gradient of the mean), then the scheduled LR, then the update.
+
+    Returns (mean loss as a 0-d tensor, tokens in the micro-batches, {group name: lr}).
+    base_train, mid_train, chat_sft and the resume helper's replay all step through here."""
+    loss_sum = torch.zeros((), device=rt.device)
+    tokens = 0
+    for _ in range(grad_accum):
+        x, y = next(batches)
+        with rt.autocast():
+            loss = train_model(x, y)
+        loss_sum += loss.detach()
+        tokens += x.numel()
+        (loss / grad_accum).backward()
+    lrs = apply_lr(optimizer, lr_mult, step)
+    optimizer.step()
+    train_model.zero_grad(set_to_none=True)
+    return loss_sum / grad_accum, tokens, lrs
+
+
 def run_training_steps(*, model, optimizer, rt, batches, loader, num_iterations, start_step, grad_accum,
                        ckpt_dir, loop_state, lr_schedule, run_val, eval_every, save_every, make_meta,
-                       flops_per_token, peak_flops, train_model=None, val_bpb=None):
-    """Train from `start_step` to `num_iterations`, logging and checkpointing like base_train.
+                       flops_per_token, peak_flops, train_model=None, val_bpb=None, after_step=None):
+    """Train from `start_step` to `num_iterations`, with the progress line, metrics.jsonl and checkpoints.
 
     batches: iterator of (inputs, targets); each optimizer step takes `grad_accum` of them.
     lr_schedule(step) -> multiplier. run_val() -> val bpb (every `eval_every` steps and at the end).
     make_meta(done, val_bpb, train_loss, lr_mult, lrs) -> the meta dict of a checkpoint.
+    after_step(done, last) runs after each step's bookkeeping (samples, CORE, ...), before saving.
     loop_state is updated in place (tokens_seen, total_training_time, smooth loss, min_val_bpb).
     Tokens per step are counted from the batches themselves (summed over ranks), so stages with
     padded rows of varying length report real throughput. Returns (train_loss, val_bpb)."""
@@ -188,20 +210,9 @@ def run_training_steps(*, model, optimizer, rt, batches, loader, num_iterations,
         done = step + 1
         rt.synchronize()
         t0 = time.time()
-        loss_sum = torch.zeros((), device=rt.device)
-        tokens = torch.zeros((), device=rt.device, dtype=torch.long)
-        for _ in range(grad_accum):
-            x, y = next(batches)
-            with rt.autocast():
-                loss = train_model(x, y)
-            loss_sum += loss.detach()
-            tokens += x.numel()
-            (loss / grad_accum).backward()
         lr_mult = lr_schedule(step)
-        lrs = apply_lr(optimizer, lr_mult, step)
-        optimizer.step()
-        model.zero_grad(set_to_none=True)
-        train_loss_t = loss_sum / grad_accum
+        train_loss_t, n_tokens, lrs = train_step(train_model, optimizer, batches, grad_accum, rt, lr_mult, step)
+        tokens = torch.tensor(n_tokens, device=rt.device, dtype=torch.long)
         if rt.ddp:
             torch.distributed.all_reduce(train_loss_t, op=torch.distributed.ReduceOp.AVG)
             torch.distributed.all_reduce(tokens)
@@ -232,6 +243,8 @@ def run_training_steps(*, model, optimizer, rt, batches, loader, num_iterations,
             if measured_val is not None:
                 record["val_bpb"] = measured_val
             cm.append_metrics(ckpt_dir, record)
+        if after_step is not None:
+            after_step(done, last)
         if last or (save_every > 0 and done % save_every == 0):
             meta = make_meta(done, val_bpb, train_loss, lr_mult, lrs)
             save_training_checkpoint(ckpt_dir, done, model, optimizer, loader.state_dict(), meta, rt)

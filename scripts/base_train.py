@@ -16,12 +16,11 @@ Examples:
 """
 
 import os
-import time
 import argparse
 
 import torch
 
-from nanochat.common import (compute_init, compute_cleanup, print0, get_base_dir, get_peak_flops, run_main,
+from nanochat.common import (compute_init, compute_cleanup, print0, get_peak_flops, run_main,
                              UserError, format_duration)
 from nanochat.gpt import config_from_depth, build_model
 from nanochat.dataloader import DataLoader
@@ -148,99 +147,58 @@ def main(argv=None):
         val_bpb = run_val()
         print0(f"step 00000 | val bpb {val_bpb:.4f} (untrained)")
 
-    smooth = tr.EMA(0.9, loop_state["smooth_train_loss"], loop_state.get("smooth_count", 0))
-    progress = tr.Progress(num_iterations, start_step)
-    train_loss = None
-    lrs = {}
-    for step in range(start_step, num_iterations):
-        done = step + 1
-        # ---- one optimizer step
-        rt.synchronize()
-        t0 = time.time()
-        loss_sum = 0.0
-        for _ in range(grad_accum):
-            x, y = next(batches)
-            with rt.autocast():
-                loss = train_model(x, y)
-            loss_sum += loss.detach()
-            (loss / grad_accum).backward()
-        lr_mult = tr.lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
-        lrs = tr.apply_lr(optimizer, lr_mult, step)
-        optimizer.step()
-        model.zero_grad(set_to_none=True)
-        train_loss_t = loss_sum / grad_accum
-        if rt.ddp:
-            torch.distributed.all_reduce(train_loss_t, op=torch.distributed.ReduceOp.AVG)
-        train_loss = train_loss_t.item()
-        rt.synchronize()
-        dt = time.time() - t0
-        if not torch.isfinite(torch.tensor(train_loss)):
-            print0(f"step {done}: the loss is {train_loss}; training diverged (try a lower learning rate)")
-        # ---- bookkeeping
-        loop_state["total_training_time"] += dt
-        loop_state["tokens_seen"] += args.total_batch_size
-        smooth.update(train_loss)
-        loop_state["smooth_train_loss"], loop_state["smooth_count"] = smooth.value, smooth.count
-        tok_per_sec = args.total_batch_size / dt
-        mfu = 100 * flops_per_token * tok_per_sec / (peak_flops * rt.world_size) if peak_flops else None
-        last = done == num_iterations
-        measured_val = None
-        if args.eval_every > 0 and (done % args.eval_every == 0 or last):
-            val_bpb = measured_val = run_val()
-            loop_state["min_val_bpb"] = min(loop_state["min_val_bpb"], val_bpb)
-        progress.print(step, smooth.debiased(), lr_mult, dt, tok_per_sec, mfu,
-                       extra=f" | val bpb {measured_val:.4f}" if measured_val is not None else "")
-        if rt.master:
-            record = {"step": done, "tokens": loop_state["tokens_seen"], "train_loss": train_loss,
-                      "smooth_train_loss": smooth.debiased(), "lr": lr_mult, "lrs": lrs, "dt": dt,
-                      "tokens_per_sec": tok_per_sec, "mfu": mfu, "time": loop_state["total_training_time"],
-                      "wall": time.time()}
-            if measured_val is not None:
-                record["val_bpb"] = measured_val
-            cm.append_metrics(ckpt_dir, record)
+    def lr_schedule(step):
+        return tr.lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
+
+    def make_meta(done, val_bpb, train_loss, lr_mult, lrs):
+        return {
+            "step": done, "val_bpb": val_bpb, "model_config": config.to_dict(), "user_config": user_config,
+            "device_batch_size": args.device_batch_size, "max_seq_len": args.max_seq_len,
+            "total_batch_size": args.total_batch_size, "dataloader_state_dict": train_loader.state_dict(),
+            "loop_state": loop_state, "train_loss": train_loss,
+            "lr": {"multiplier": lr_mult, **lrs}, "num_iterations": num_iterations,
+            "tokens_seen": loop_state["tokens_seen"], "world_size": rt.world_size, "stage": "base",
+        }
+
+    def after_step(done, last):
         if args.core_metric_every > 0 and (done % args.core_metric_every == 0 or last):
-            try:
-                from nanochat.core_eval import evaluate_core_for_training
-            except ImportError:
-                evaluate_core_for_training = None
-            if evaluate_core_for_training is not None:
-                core = evaluate_core_for_training(model, tokenizer, rt, args.core_metric_max_per_task)
-                if core is not None:
-                    print0(f"step {done:05d} | CORE {core:.4f}")
+            from nanochat.core_eval import evaluate_core_for_training
+            core = evaluate_core_for_training(model, tokenizer, rt, args.core_metric_max_per_task)
+            if core is not None:
+                print0(f"step {done:05d} | CORE {core:.4f}")
         if rt.master and args.sample_every > 0 and (done % args.sample_every == 0 or last):
             model.eval()
             for line in complete_prompts(model, tokenizer):
                 print0("  sample: " + line.replace("\n", " "))
             model.train()
-        if last or (args.save_every > 0 and done % args.save_every == 0):
-            meta = {
-                "step": done, "val_bpb": val_bpb, "model_config": config.to_dict(), "user_config": user_config,
-                "device_batch_size": args.device_batch_size, "max_seq_len": args.max_seq_len,
-                "total_batch_size": args.total_batch_size, "dataloader_state_dict": train_loader.state_dict(),
-                "loop_state": loop_state, "train_loss": train_loss,
-                "lr": {"multiplier": lr_mult, **lrs}, "num_iterations": num_iterations,
-                "tokens_seen": loop_state["tokens_seen"], "world_size": rt.world_size, "stage": "base",
-            }
-            tr.save_training_checkpoint(ckpt_dir, done, model, optimizer, train_loader.state_dict(), meta, rt)
-            print0(f"saved checkpoint {cm.model_path(ckpt_dir, done)}")
+
+    loop_state_at_start = loop_state["total_training_time"]
+    train_loss, val_bpb = tr.run_training_steps(
+        model=model, optimizer=optimizer, rt=rt, batches=batches, loader=train_loader,
+        num_iterations=num_iterations, start_step=start_step, grad_accum=grad_accum, ckpt_dir=ckpt_dir,
+        loop_state=loop_state, lr_schedule=lr_schedule, run_val=run_val, eval_every=args.eval_every,
+        save_every=args.save_every, make_meta=make_meta, flops_per_token=flops_per_token,
+        peak_flops=peak_flops, train_model=train_model, val_bpb=val_bpb, after_step=after_step)
 
     total_time = loop_state["total_training_time"]
-    print0(f"done: {num_iterations} steps in {format_duration(total_time)} of training | "
-           f"min val bpb {loop_state['min_val_bpb']:.4f}" if loop_state["min_val_bpb"] != float("inf") else
-           f"done: {num_iterations} steps in {format_duration(total_time)} of training")
+    min_val = loop_state["min_val_bpb"]
+    trained = loop_state["tokens_seen"] - start_step * args.total_batch_size  # tokens of this session
+    session_time = total_time - (loop_state_at_start or 0.0)
+    tok_per_sec = trained / session_time if session_time > 0 else 0.0
+    mfu = 100 * flops_per_token * tok_per_sec / (peak_flops * rt.world_size) if peak_flops else None
+    print0(f"done: {num_iterations} steps, {format_duration(total_time)} of training, {tok_per_sec:,.0f} tok/s"
+           + (f", MFU {mfu:.1f}%" if mfu is not None else "")
+           + (f" | min val bpb {min_val:.4f}" if min_val != float("inf") else ""))
     if rt.master:
-        try:
-            from nanochat.report import get_report
-            get_report().log(section="Base model training", data=[
-                user_config,
-                {"Number of parameters": num_params, "FLOPs per token": f"{flops_per_token:e}",
-                 "Steps": num_iterations, "Tokens": loop_state["tokens_seen"],
-                 "Final train loss": train_loss, "Min val bpb": loop_state["min_val_bpb"],
-                 "Training time": format_duration(total_time),
-                 "Peak": peak_desc},
-            ])
-        except ImportError:
-            pass
+        from nanochat.report import get_report
+        get_report().log(section="Base model training", data=[
+            user_config,
+            {"Number of parameters": num_params, "FLOPs per token": f"{flops_per_token:e}",
+             "Steps": num_iterations, "Tokens": loop_state["tokens_seen"],
+             "Final train loss": train_loss, "Min val bpb": min_val,
+             "Training time": format_duration(total_time), "Tokens per second": round(tok_per_sec),
+             "MFU": f"{mfu:.1f}% of {peak_desc}" if mfu is not None else "unknown peak"},
+        ])
     compute_cleanup()
 
 
