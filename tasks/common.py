@@ -163,36 +163,15 @@ PART_TYPES = ("text", "python", "python_output")
 
 
 def conversation_problem(messages):
-    """What is wrong with a list of messages, as a short sentence; None when it is a valid conversation.
+    """What is wrong with a list of messages, as a sentence (the first problem); None when valid.
 
     Valid: an optional system message first, then user/assistant strictly alternating, starting
-    with user and ending with assistant. Contents are strings; an assistant's content may also
-    be a list of parts {"type": text|python|python_output, "text": str}."""
-    if not isinstance(messages, list) or not messages:
-        return "expected a non-empty list of messages"
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            return f"message {i} must be an object with 'role' and 'content'"
-    body = messages[1:] if messages[0]["role"] == "system" else messages
-    if not body:
-        return "a system message alone is not a conversation: add user and assistant messages"
-    for i, message in enumerate(body):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if message["role"] != expected:
-            where = i + (len(messages) - len(body))
-            return f"message {where} has role {message['role']!r} but {expected!r} was expected (an optional system message first, then user and assistant taking turns)"
-    if body[-1]["role"] != "assistant":
-        return "the conversation must end with an assistant message (that is what the model learns from)"
-    for i, message in enumerate(messages):
-        content = message["content"]
-        if isinstance(content, str):
-            continue
-        if message["role"] != "assistant" or not isinstance(content, list):
-            return f"message {i} ({message['role']}) must have a string as content"
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") not in PART_TYPES or not isinstance(part.get("text"), str):
-                return f"message {i} part {j} must be {{\"type\": one of {'/'.join(PART_TYPES)}, \"text\": a string}}"
-    return None
+    with user and ending with assistant; non-empty contents; an assistant's content may also be a
+    list of parts {"type": text|python|python_output, "text": str}. The rules live in one place,
+    nanochat/conversation_check.py, which the dataset inspector uses to report every problem."""
+    from nanochat.conversation_check import validate_conversation
+    problems = validate_conversation(messages)
+    return problems[0].message if problems else None
 
 
 def last_assistant_text(conversation):

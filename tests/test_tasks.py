@@ -478,13 +478,13 @@ GOOD_LINE = json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant",
 
 @pytest.mark.parametrize("bad_line,message", [
     ('[{"role": "user", "content": "hi"', "not valid JSON"),
-    (json.dumps([{"role": "assistant", "content": "hello"}]), "'user' was expected"),
+    (json.dumps([{"role": "assistant", "content": "hello"}]), "must start with 'user'"),
     (json.dumps([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]), "'assistant' was expected"),
     (json.dumps([{"role": "user", "content": "hi"}]), "must end with an assistant message"),
-    (json.dumps([{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]), "must have a string as content"),
+    (json.dumps([{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]), "it must be a string"),
     (json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": [{"type": "code", "text": "x"}]}]), "part 0"),
-    (json.dumps({"conversation": []}), "non-empty list of messages"),
-    (json.dumps([{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}]), "'assistant' was expected"),
+    (json.dumps({"conversation": []}), "expected a list of messages"),
+    (json.dumps([{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}]), "only the first message may be one"),
 ])
 def test_customjson_reports_the_bad_line(tmp_path, bad_line, message):
     path = tmp_path / "mine.jsonl"
