@@ -215,7 +215,10 @@ HUB_VAL = {
     "sft": ["SmolTalk"],
 }
 # what every stage also trains on, hub or not: all synthetic, all offline
-OFFLINE_TASKS = ["Identity", "SpellingBee", "SimpleSpelling", "Arithmetic"]
+# the offline tasks and their share of --synthetic-size: just a few two-step word problems, enough
+# to show the format but not to master it (that is left for RL to practise)
+OFFLINE_TASKS = [("Identity", 1), ("SpellingBee", 1), ("SimpleSpelling", 1), ("Arithmetic", 1),
+                 ("TwoStepArithmetic", 1 / 8)]
 HUB_SLICES = {("sft", "SmolTalk", "train"): 10_000, ("mid", "MMLU", "test"): 2_000,
               ("mid", "GSM8K", "test"): 1_000, ("mid", "SmolTalk", "test"): 5_000}
 
@@ -244,8 +247,8 @@ def build_mixture(stage, split, offline=False, synthetic_size=1000, custom_json=
             if announce:
                 print0(f"note: hub tasks unavailable ({str(e).split(';')[0]}); training on the offline tasks only")
     size = synthetic_size if split == "train" else max(1, synthetic_size // 10)
-    for name in OFFLINE_TASKS:
-        tasks.append(get_task(name, task_split, size=size))
+    for name, share in OFFLINE_TASKS:
+        tasks.append(get_task(name, task_split, size=max(1, int(size * share))))
         names.append(name)
     if custom_json:
         from tasks.customjson import CustomJSON

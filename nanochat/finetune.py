@@ -87,7 +87,7 @@ def run_finetune(args, stage):
     token_bytes = get_token_bytes(rt.device)
 
     train_task, task_names = build_mixture(stage, "train", args.offline, args.synthetic_size, args.custom_json)
-    offline = args.offline or task_names[0] in OFFLINE_TASKS  # the hub answered once or not at all
+    offline = args.offline or task_names[0] in dict(OFFLINE_TASKS)  # the hub answered once or not at all
     val_task, _ = build_mixture(stage, "val", offline, args.synthetic_size, args.custom_json, announce=False)
     print0(f"{stage} mixture: {len(train_task):,} conversations from {', '.join(task_names)} "
            f"| val: {len(val_task):,}")

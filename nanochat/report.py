@@ -42,7 +42,7 @@ SECTION_ORDER = [
     "Chat RL", "Chat evaluation rl",
 ]
 SUMMARY_ROWS = ["CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee",
-                "SimpleSpelling", "Arithmetic", "ChatCORE"]
+                "SimpleSpelling", "Arithmetic", "TwoStepArithmetic", "ChatCORE"]
 SUMMARY_COLUMNS = [("BASE", "base"), ("MID", "mid"), ("SFT", "sft"), ("RL", "rl")]
 
 

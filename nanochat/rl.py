@@ -3,7 +3,7 @@ Reinforcement learning on problems with checkable answers: on-policy REINFORCE w
 mean baseline (the "GRPO" recipe without its KL term and ratio clipping).
 
 Pipeline position: scripts/chat_rl.py runs the loop on an SFT model (chatsft_checkpoints) and
-writes chatrl_checkpoints/; the tasks (GSM8K, or the offline Arithmetic) give the rewards.
+writes chatrl_checkpoints/; the tasks (GSM8K, or the offline arithmetic word problems) give the rewards.
 
 One step, followed with a finger:
 1. rollout: for a question, the Engine samples `num_samples` replies from the current model
@@ -128,35 +128,48 @@ def rl_question_step(model, tokenizer, task, conversation, num_samples, max_new_
 # -----------------------------------------------------------------------------
 # the training run (scripts/chat_rl.py parses the flags and calls run_rl)
 
+RL_TASKS = ("GSM8K", "Arithmetic", "TwoStepArithmetic")  # problems with checkable answers
+
+
 def load_rl_tasks(task_name, offline, train_size, eval_examples):
-    """(train task, held-out task, name). GSM8K when asked for and reachable, else the offline
-    synthetic Arithmetic problems (same '#### answer' format, same calculator tool)."""
-    from nanochat.common import print0
+    """(train task, held-out task, name). GSM8K when asked for and reachable, else offline synthetic
+    word problems with the same '#### answer' format and calculator tool: TwoStepArithmetic (two
+    chained calculator calls, which SFT leaves only partly solved, so RL has something to learn)
+    unless Arithmetic (one call) is asked for."""
+    from nanochat.common import print0, UserError
     from tasks import get_task
     from tasks.hub import TaskUnavailable
-    if task_name not in ("GSM8K", "Arithmetic"):
-        from nanochat.common import UserError
-        raise UserError(f"--task {task_name!r}: RL needs problems with checkable answers: GSM8K or Arithmetic")
-    if task_name == "GSM8K" and not offline:
-        try:
-            return get_task("GSM8K", "train"), get_task("GSM8K", "test", stop=eval_examples), "GSM8K"
-        except TaskUnavailable as e:
-            print0(f"note: GSM8K is not available ({e}); using the offline Arithmetic problems instead")
-    return (get_task("Arithmetic", "train", size=train_size),
-            get_task("Arithmetic", "test", size=eval_examples), "Arithmetic")
+    if task_name not in RL_TASKS:
+        raise UserError(f"--task {task_name!r}: RL needs problems with checkable answers: {', '.join(RL_TASKS)}")
+    if task_name == "GSM8K":
+        if not offline:
+            try:
+                return get_task("GSM8K", "train"), get_task("GSM8K", "test", stop=eval_examples), "GSM8K"
+            except TaskUnavailable as e:
+                print0(f"note: GSM8K is not available ({e}); using the offline TwoStepArithmetic problems instead")
+        task_name = "TwoStepArithmetic"
+    return (get_task(task_name, "train", size=train_size),
+            get_task(task_name, "test", size=eval_examples), task_name)
 
 
-def evaluate_heldout(model, tokenizer, task, max_new_tokens, k=1, temperature=1.0, top_k=None, autocast=None):
-    """Held-out figures: 'reward' = mean reward of greedy replies (= pass@1 accuracy, since the
-    reward is 1 for a right answer), and 'pass@k' with k sampled replies when k > 1."""
+def evaluate_heldout(model, tokenizer, task, max_new_tokens, k=1, temperature=1.0, top_k=None, autocast=None,
+                     samples=4):
+    """Held-out figures of the policy on problems it never trains on:
+    'reward' = mean reward of `samples` sampled replies per problem at the rollout temperature (the
+    quantity RL maximises), 'greedy' = accuracy of the greedy reply, and 'pass@k' when k > 1."""
     from nanochat.task_eval import run_generative_eval
+    sampled = run_generative_eval(task, tokenizer, model, num_samples=samples, max_new_tokens=max_new_tokens,
+                                  temperature=temperature, top_k=top_k, name="held-out", autocast=autocast)
     greedy = run_generative_eval(task, tokenizer, model, num_samples=1, max_new_tokens=max_new_tokens,
                                  temperature=0.0, name="held-out", autocast=autocast)
-    figures = {"reward": greedy.accuracy, "problems": greedy.total}
+    figures = {"reward": sampled.sample_accuracy, "greedy": greedy.accuracy, "problems": greedy.total}
     if k > 1:
-        sampled = run_generative_eval(task, tokenizer, model, num_samples=k, max_new_tokens=max_new_tokens,
-                                      temperature=temperature, top_k=top_k, name="held-out", autocast=autocast)
-        figures[f"pass@{k}"] = sampled.accuracy
+        if k == samples:
+            figures[f"pass@{k}"] = sampled.accuracy
+        else:
+            passk = run_generative_eval(task, tokenizer, model, num_samples=k, max_new_tokens=max_new_tokens,
+                                        temperature=temperature, top_k=top_k, name="held-out", autocast=autocast)
+            figures[f"pass@{k}"] = passk.accuracy
     return figures
 
 
@@ -214,13 +227,14 @@ def run_rl(args):
     def heldout():
         model.eval()
         figures = evaluate_heldout(model, tokenizer, heldout_task, args.max_new_tokens, args.eval_k,
-                                   args.temperature, top_k, rt.autocast)
+                                   args.temperature, top_k, rt.autocast, samples=args.eval_samples)
         model.train()
         return figures
 
     def describe(figures):
         extra = "".join(f" | {k} {v:.4f}" for k, v in figures.items() if k.startswith("pass@"))
-        return f"held-out mean reward {figures['reward']:.4f} on {figures['problems']} problems{extra}"
+        return (f"held-out mean reward {figures['reward']:.4f} ({args.eval_samples} samples at T={args.temperature:g}), "
+                f"greedy accuracy {figures['greedy']:.4f}, on {figures['problems']} problems{extra}")
 
     last_eval = None
     if do_eval and start_step == 0:
@@ -287,7 +301,7 @@ def run_rl(args):
     if do_eval and last_eval is not None:
         line = f"after RL: {describe(last_eval)}"
         if before is not None:
-            line += f" (before RL: {before['reward']:.4f})"
+            line += f" (before RL: mean reward {before['reward']:.4f}, greedy accuracy {before['greedy']:.4f})"
         print0(line)
     print0(f"done: {num_steps} RL steps in {format_duration(loop_state['total_training_time'])}")
     if rt.master:
@@ -297,8 +311,10 @@ def run_rl(args):
                    "Training time": format_duration(loop_state["total_training_time"])}
         if before is not None:
             summary["Held-out mean reward before RL"] = before["reward"]
+            summary["Held-out greedy accuracy before RL"] = before["greedy"]
         if last_eval is not None:
             summary["Held-out mean reward after RL"] = last_eval["reward"]
+            summary["Held-out greedy accuracy after RL"] = last_eval["greedy"]
             summary.update({f"Held-out {k} after RL": v for k, v in last_eval.items() if k.startswith("pass@")})
         get_report().log(section="Chat RL", data=[user_config, summary])
     compute_cleanup()

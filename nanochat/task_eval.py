@@ -44,11 +44,19 @@ class TaskResult:
     correct: int
     total: int
     baseline: float
-    items: list = field(default_factory=list)  # [{"index", "correct", "response"}], sorted by index
+    items: list = field(default_factory=list)  # [{"index", "correct", "response", ...}], sorted by index
 
     @property
     def accuracy(self):
         return self.correct / self.total if self.total else 0.0
+
+    @property
+    def sample_accuracy(self):
+        """Share of all sampled replies that were right (generative tasks; = accuracy with one sample).
+        With reward 1 for a right answer this is the mean reward of the sampled replies."""
+        samples = sum(it.get("samples", 1) for it in self.items)
+        right = sum(it.get("samples_correct", it["correct"]) for it in self.items)
+        return right / samples if samples else 0.0
 
     @property
     def centered(self):
@@ -162,7 +170,8 @@ def run_generative_eval(task, tokenizer, model, num_samples=1, max_new_tokens=25
         oks = [int(task.evaluate(conv, r)) for r in responses]
         ok = int(any(oks))
         correct += ok
-        items.append({"index": index, "correct": ok, "response": responses[0]})
+        items.append({"index": index, "correct": ok, "response": responses[0], "samples": len(oks),
+                      "samples_correct": sum(oks)})
         if progress_every and n % progress_every == 0:
             print0(f"  {name or type(task).__name__}: {n}/{len(indices)} on this rank, {correct} correct")
     correct, total, items = _gather(correct, len(indices), items, device)
@@ -180,7 +189,7 @@ def run_task_eval(task, tokenizer, model, name=None, batch_size=8, num_samples=1
 
 # the tasks chat_eval runs by default, in this order
 EVAL_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "SimpleSpelling",
-              "Arithmetic")
+              "Arithmetic", "TwoStepArithmetic")
 
 
 def load_eval_task(name):

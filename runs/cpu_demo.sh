@@ -14,6 +14,7 @@ source runs/setup_env.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 BASE_STEPS=${BASE_STEPS:-300}
 TAG=d4
+RL_ARGS=${RL_ARGS:---num-steps 30 --questions-per-step 8 --num-samples 8 --max-new-tokens 128 --eval-examples 50 --eval-samples 8 --eval-every -1 --save-every -1}
 t_start=$(date +%s)
 stage() { echo; echo "=== $1 ($(( $(date +%s) - t_start ))s since start)"; }
 
@@ -32,6 +33,32 @@ python -m scripts.base_train --depth 4 --head-dim 64 --max-seq-len 256 --window-
 
 stage "base model: bits per byte on train/val and samples"
 python -m scripts.base_loss --model-tag $TAG --split-tokens 65536
+echo "=== first half (tokenizer + base model) done in $(( $(date +%s) - t_start ))s"
 
+stage "midtraining: conversation format, tool use, spelling (offline task mixture)"
+python -m scripts.mid_train --offline --model-tag $TAG --synthetic-size 2000 --device-batch-size 16 \
+    --total-batch-size 4096 --num-iterations 120 --eval-every 60 --eval-tokens 16384
+
+stage "SFT: supervised finetuning on conversations"
+python -m scripts.chat_sft --offline --model-tag $TAG --synthetic-size 2000 --device-batch-size 16 \
+    --target-examples-per-step 16 --num-iterations 100 --eval-every 50 --eval-steps 8
+
+EVAL_TASKS="SimpleSpelling|Arithmetic|TwoStepArithmetic"
+stage "chat evaluation: held-out spelling and arithmetic, base vs mid vs SFT"
+for src in base mid sft; do
+    python -m scripts.chat_eval -i $src -g $TAG -a "$EVAL_TASKS" -x 50 -m 128
+done
+
+stage "RL: on-policy reinforcement learning on two-step arithmetic word problems"
+python -m scripts.chat_rl --offline --model-tag $TAG $RL_ARGS
+python -m scripts.chat_eval -i rl -g $TAG -a "$EVAL_TASKS" -x 50 -m 128
+
+stage "report card"
+python -m nanochat.report generate
+
+stage "talk to your model"
+python -m scripts.chat_cli -i sft -g $TAG -t 0 -p "Mia has 12 shells. Mia gets 30 more. How many shells does Mia have now?"
 echo
-echo "=== first half done in $(( $(date +%s) - t_start ))s"
+echo "=== demo done in $(( $(date +%s) - t_start ))s. Chat with it:"
+echo "    source .venv/bin/activate && python -m scripts.chat_cli -i sft        # in the terminal"
+echo "    source .venv/bin/activate && python -m scripts.chat_web -i sft        # in the browser"

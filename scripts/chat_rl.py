@@ -7,11 +7,12 @@ REINFORCE with a per-question mean baseline) is explained in nanochat/rl.py.
 
 Each step: --questions-per-step problems (split across processes), --num-samples replies each,
 reward 1 for a right final answer; replies better than their siblings get pushed up. The
-held-out mean reward (greedy replies to test problems) is printed before RL, every --eval-every
-steps and after RL; with --eval-k > 1 also pass@k of sampled replies.
+held-out mean reward (--eval-samples sampled replies per test problem, at the rollout temperature:
+what RL maximises) and the greedy accuracy are printed before RL, every --eval-every steps and
+after RL; with --eval-k > 1 also pass@k of sampled replies.
 
 Examples:
-    python -m scripts.chat_rl                                   # GSM8K if reachable, else Arithmetic
+    python -m scripts.chat_rl                                   # GSM8K if reachable, else TwoStepArithmetic
     python -m scripts.chat_rl --offline --num-steps 20 --num-samples 8 --questions-per-step 4
     python -m scripts.chat_rl --task Arithmetic --resume-from-step 40
     torchrun --standalone --nproc_per_node=8 -m scripts.chat_rl
@@ -34,9 +35,10 @@ def parse_args(argv=None):
     p.add_argument("--model-step", type=int, default=None, help="step to load (default: the last)")
     p.add_argument("--output-tag", default=None, help="checkpoint folder name (default: the loaded tag)")
     # problems
-    p.add_argument("--task", default="GSM8K", help="GSM8K or Arithmetic (GSM8K falls back to Arithmetic offline)")
-    p.add_argument("--offline", action="store_true", help="never contact the hub: use the Arithmetic problems")
-    p.add_argument("--train-size", type=int, default=5000, help="Arithmetic training problems")
+    p.add_argument("--task", default="GSM8K", help="GSM8K, TwoStepArithmetic or Arithmetic (GSM8K falls back to "
+                   "TwoStepArithmetic offline)")
+    p.add_argument("--offline", action="store_true", help="never contact the hub: use the offline word problems")
+    p.add_argument("--train-size", type=int, default=5000, help="synthetic training problems (offline tasks)")
     # rollouts
     p.add_argument("--num-samples", type=int, default=16, help="replies sampled per question")
     p.add_argument("--questions-per-step", type=int, default=16, help="questions per optimizer step (all processes)")
@@ -55,7 +57,8 @@ def parse_args(argv=None):
     # evaluation and saving
     p.add_argument("--eval-every", type=int, default=60, help="held-out evaluation every N steps (-1: only before/after)")
     p.add_argument("--eval-examples", type=int, default=400, help="held-out problems (0: no evaluation)")
-    p.add_argument("--eval-k", type=int, default=1, help="also report pass@k with k sampled replies (1: greedy only)")
+    p.add_argument("--eval-samples", type=int, default=4, help="sampled replies per held-out problem for the mean reward")
+    p.add_argument("--eval-k", type=int, default=1, help="also report pass@k with k sampled replies (1: off)")
     p.add_argument("--save-every", type=int, default=60, help="checkpoint every N steps (the last step is always saved)")
     p.add_argument("--resume-from-step", type=int, default=-1, help="continue this RL run from its checkpoint at this step")
     return p.parse_args(argv)

@@ -8,7 +8,7 @@ get_task(name, split) builds a task from the name used on command lines, e.g.
 from nanochat.common import UserError
 
 TASK_NAMES = ("SmolTalk", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval",
-              "SpellingBee", "SimpleSpelling", "Arithmetic", "Identity")
+              "SpellingBee", "SimpleSpelling", "Arithmetic", "TwoStepArithmetic", "Identity")
 
 
 def get_task(name, split="train", **kwargs):
@@ -39,9 +39,9 @@ def get_task(name, split="train", **kwargs):
     if name == "SimpleSpelling":
         from tasks.spellingbee import SimpleSpelling
         return SimpleSpelling(split=split, **kwargs)
-    if name == "Arithmetic":
+    if name in ("Arithmetic", "TwoStepArithmetic"):
         from tasks.arithmetic import Arithmetic
-        return Arithmetic(split=split, **kwargs)
+        return Arithmetic(split=split, level=1 if name == "Arithmetic" else 2, **kwargs)
     if name == "Identity":
         from tasks.identity import Identity
         return Identity(split=split, **kwargs)

@@ -97,15 +97,47 @@ def expression_problem(rng):
     return question, steps, value
 
 
+def boxes_left_problem(rng):
+    name, thing = rng.choice(NAMES), rng.choice(THINGS)
+    boxes, each = rng.randint(2, 9), rng.randint(2, 12)
+    total = boxes * each
+    given = rng.randint(1, total - 1)
+    question = (f"{name} has {boxes} boxes with {each} {thing} in each box and gives {given} {thing} away. "
+                f"How many {thing} does {name} have left?")
+    steps = (calc(f"{boxes}*{each}", total, "First the number of " + thing + ": ",
+                  f"\n{name} has {total} {thing}. Then {given} are given away: ")
+             + calc(f"{total}-{given}", total - given, "", f"\n{name} has {total - given} {thing} left."))
+    return question, steps, total - given
+
+
+def pooled_share_problem(rng):
+    a_name, b_name = rng.sample(NAMES, 2)
+    thing = rng.choice(THINGS)
+    each, people = rng.randint(2, 9), rng.randint(2, 6)
+    total = each * people
+    a = rng.randint(1, total - 1)
+    question = (f"{a_name} has {a} {thing} and {b_name} has {total - a}. They put them together and share them "
+                f"equally among {people} friends. How many {thing} does each friend get?")
+    steps = (calc(f"{a}+{total - a}", total, "First all the " + thing + " together: ",
+                  f"\nTogether they have {total}. Then shared among {people}: ")
+             + calc(f"{total}/{people}", each, "", f"\nEach friend gets {each} {thing}."))
+    return question, steps, each
+
+
 PROBLEMS = [add_problem, subtract_problem, multiply_problem, divide_problem, change_problem, expression_problem]
+# level 2: two calculator calls chained through words, a step up that RL can practise on
+PROBLEMS_LEVEL_2 = [boxes_left_problem, pooled_share_problem]
 
 
 class Arithmetic(Task):
 
-    def __init__(self, size=1000, split="train", **slice_kwargs):
+    def __init__(self, size=1000, split="train", level=1, **slice_kwargs):
         super().__init__(**slice_kwargs)
         check_split("Arithmetic", split, ("train", "test"))
-        self.size, self.split = size, split
+        if level not in (1, 2):
+            raise ValueError(f"Arithmetic level must be 1 or 2, not {level!r}")
+        self.size, self.split, self.level = size, split, level
+        self.problems = PROBLEMS if level == 1 else PROBLEMS_LEVEL_2
 
     @property
     def eval_type(self):
@@ -115,9 +147,10 @@ class Arithmetic(Task):
         return self.size
 
     def get_example(self, index):
-        rng = random.Random(f"arithmetic/{self.split}/{index}")
+        seed = f"arithmetic/{self.split}/{index}" + ("" if self.level == 1 else f"/level{self.level}")
+        rng = random.Random(seed)
         while True:  # redraw until the question belongs to this split (about 1.1 draws for train, 10 for test)
-            question, steps, answer = rng.choice(PROBLEMS)(rng)
+            question, steps, answer = rng.choice(self.problems)(rng)
             if question_split(question) == self.split:
                 break
         content = []

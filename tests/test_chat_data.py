@@ -130,9 +130,9 @@ def test_offline_mixture_has_the_synthetic_tasks_and_custom_json(tmp_path):
     custom.write_text('[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]\n' * 20)
     train, names = build_mixture("sft", "train", offline=True, synthetic_size=30, custom_json=str(custom))
     val, _ = build_mixture("sft", "val", offline=True, synthetic_size=30, custom_json=str(custom))
-    assert names == ["Identity", "SpellingBee", "SimpleSpelling", "Arithmetic", "CustomJSON"]
-    assert len(train) == 4 * 30 + 20
-    assert len(val) == 4 * 3 + 2
+    assert names == ["Identity", "SpellingBee", "SimpleSpelling", "Arithmetic", "TwoStepArithmetic", "CustomJSON"]
+    assert len(train) == 4 * 30 + 30 // 8 + 20
+    assert len(val) == 4 * 3 + 1 + 2
 
 
 def test_unreachable_hub_falls_back_to_offline_tasks_in_one_line(monkeypatch, capsys):
@@ -144,7 +144,7 @@ def test_unreachable_hub_falls_back_to_offline_tasks_in_one_line(monkeypatch, ca
     monkeypatch.delenv("NANOCHAT_TASKS_DIR", raising=False)
     monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", False)
     _, names = build_mixture("mid", "train", offline=False, synthetic_size=5)
-    assert names == ["Identity", "SpellingBee", "SimpleSpelling", "Arithmetic"]
+    assert names == ["Identity", "SpellingBee", "SimpleSpelling", "Arithmetic", "TwoStepArithmetic"]
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "offline tasks" in out[0]
 

@@ -104,7 +104,7 @@ def test_rl_steps_write_checkpoints_metrics_and_resume(sft_base_dir, capsys):
 
 def test_bad_flags_are_user_errors(sft_base_dir):
     from scripts import chat_rl
-    with pytest.raises(UserError, match="GSM8K or Arithmetic"):
+    with pytest.raises(UserError, match="GSM8K, Arithmetic, TwoStepArithmetic"):
         chat_rl.main(rl_args(task="SmolTalk"))
     with pytest.raises(UserError, match="--num-samples"):
         chat_rl.main(rl_args(num_samples=0))

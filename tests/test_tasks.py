@@ -375,6 +375,9 @@ def solve_arithmetic(question):
         (r"buys (\d+) notebooks at (\d+) dollars each and pays with a (\d+)-dollar bill", lambda n, p, paid: paid - n * p),
         (r"What is (\d+) \+ (\d+) \* (\d+)\?", lambda a, b, c: a + b * c),
         (r"What is (\d+) - (\d+) \* (\d+)\?", lambda a, b, c: a - b * c),
+        (r"has (\d+) boxes with (\d+) \w+ in each box and gives (\d+) \w+ away", lambda n, e, g: n * e - g),
+        (r"has (\d+) \w+ and \w+ has (\d+)\. They put them together and share them equally among (\d+) friends",
+         lambda a, b, p: (a + b) // p if (a + b) % p == 0 else None),
     ]
     for pattern, solve in patterns:
         match = re.search(pattern, question)
@@ -383,9 +386,10 @@ def solve_arithmetic(question):
     raise AssertionError(f"no solver for {question!r}")
 
 
-def test_arithmetic_answers_are_correct_and_use_the_calculator():
+@pytest.mark.parametrize("level", [1, 2])
+def test_arithmetic_answers_are_correct_and_use_the_calculator(level):
     for split in ("train", "test"):
-        task = Arithmetic(size=300, split=split)
+        task = Arithmetic(size=300, split=split, level=level)
         for conversation in task:
             question = conversation["messages"][0]["content"]
             truth = solve_arithmetic(question)
@@ -398,18 +402,19 @@ def test_arithmetic_answers_are_correct_and_use_the_calculator():
             for call, output in zip(parts, parts[1:]):
                 if call["type"] == "python":
                     assert output["type"] == "python_output" and use_calculator(call["text"]) == output["text"]
-            assert any(p["type"] == "python" for p in parts)
+            assert sum(p["type"] == "python" for p in parts) == (1 if level == 1 and "notebooks" not in question else 2)
             assert task.evaluate(conversation, f"... #### {truth}") == 1
             assert task.evaluate(conversation, f"... #### {truth + 1}") == 0
             assert task.reward(conversation, f"#### {truth}") == 1.0
 
 
-def test_arithmetic_train_and_test_questions_are_disjoint_and_deterministic():
-    train = [c["messages"][0]["content"] for c in Arithmetic(size=3000, split="train")]
-    test = [c["messages"][0]["content"] for c in Arithmetic(size=300, split="test")]
+@pytest.mark.parametrize("level", [1, 2])
+def test_arithmetic_train_and_test_questions_are_disjoint_and_deterministic(level):
+    train = [c["messages"][0]["content"] for c in Arithmetic(size=3000, split="train", level=level)]
+    test = [c["messages"][0]["content"] for c in Arithmetic(size=300, split="test", level=level)]
     assert not set(train) & set(test)
     assert len(set(test)) > 250  # varied, not one question repeated
-    assert Arithmetic(size=300, split="test")[123] == Arithmetic(size=300, split="test")[123]
+    assert Arithmetic(size=300, split="test", level=level)[123] == Arithmetic(size=300, split="test", level=level)[123]
 
 
 def test_identity_conversations_are_valid_varied_and_deterministic():
@@ -579,6 +584,7 @@ MASK_TASKS = {
     "SpellingBee": lambda: SpellingBee(size=20),
     "SimpleSpelling": lambda: SimpleSpelling(size=20),
     "Arithmetic": lambda: Arithmetic(size=20),
+    "TwoStepArithmetic": lambda: Arithmetic(size=20, level=2),
     "Identity": lambda: Identity(size=20),
     "CustomJSON": lambda: CustomJSON(os.path.join(FIXTURES, "custom", "conversations.jsonl")),
 }
