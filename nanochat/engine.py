@@ -111,7 +111,9 @@ def sample_next_token(logits, rng, temperature=1.0, top_k=None, top_p=None, min_
     return torch.multinomial(probs, num_samples=1, generator=rng).squeeze(-1)
 
 
-class _Row:
+class RowState:
+    """One generated row: its tokens and where it stands in a tool call (shared with the explorer)."""
+
     def __init__(self, tokens):
         self.tokens = list(tokens)
         self.forced = deque()
@@ -150,7 +152,7 @@ class Engine:
         kv.copy_prefill(kv_prefill)
         del kv_prefill
         logits = logits.expand(num_samples, -1)
-        rows = [_Row(tokens) for _ in range(num_samples)]
+        rows = [RowState(tokens) for _ in range(num_samples)]
         for _ in range(max_tokens):
             if all(r.completed for r in rows):
                 break
@@ -162,12 +164,14 @@ class Engine:
                 column.append(token)
                 masks.append(0 if forced else 1)
                 row.tokens.append(token)
-                self._advance_tool_state(row, token)
+                self.advance_tool_state(row, token)
             yield column, masks
             ids = torch.tensor(column, dtype=torch.long, device=device).unsqueeze(1)
             logits = self.model.forward(ids, kv_cache=kv)[:, -1, :]
 
-    def _advance_tool_state(self, row, token):
+    def advance_tool_state(self, row, token):
+        """Update a RowState with the token it just got: end of turn, or a calculator call whose
+        result is queued in row.forced to be fed in next (as output_start result output_end)."""
         if token in (self.assistant_end, self.bos):
             row.completed = True
         if token == self.python_start:

@@ -13,6 +13,9 @@ multinomial per step), so a trace and the engine produce the same tokens for the
 Branching (`force`): at a chosen step a given token replaces the sampled one; the sample is still
 drawn, so the random stream stays aligned with the unbranched run and the two generations differ
 only because of the forced token.
+
+Tool use: given the Engine, the trace follows calculator calls the way Engine.generate does (the
+result is fed in as <|output_start|> ... <|output_end|>); those steps are marked as tool output.
 """
 
 import math
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from nanochat.engine import KVCache, filter_logits, FILTER_ORDER
+from nanochat.engine import KVCache, RowState, filter_logits, FILTER_ORDER
 
 DEFAULT_TEMPERATURES = (0.1, 0.3, 0.5, 0.7, 1.0, 1.5)
 DEFAULT_TOP_KS = (1, 5, 20, 50, 0)  # 0: no top-k filter
@@ -37,7 +40,8 @@ class Step:
     raw_entropy: float         # bits, of the model's raw distribution
     kept: int                  # how many tokens survived the filters
     alternatives: list = field(default_factory=list)  # [(token_id, prob)] of the sampled distribution
-    forced: bool = False
+    forced: bool = False       # replaced by --force
+    tool: bool = False         # fed in by the calculator tool, not chosen by the model
 
 
 def entropy_bits(probs):
@@ -68,12 +72,14 @@ def describe_filters(temperature=1.0, top_k=None, top_p=None, min_p=None):
 
 @torch.no_grad()
 def trace_generation(model, prompt_ids, max_tokens=20, temperature=1.0, top_k=None, top_p=None, min_p=None,
-                     seed=42, top_n=5, force=None, stop_ids=()):
+                     seed=42, top_n=5, force=None, stop_ids=(), engine=None):
     """Generate from `prompt_ids` and record every step. Returns a list of Step.
 
     force: {step index: token id} replaces the sampled token at those steps (a branch).
-    stop_ids: token ids that end the generation (included as the last step)."""
+    stop_ids: token ids that end the generation (included as the last step).
+    engine: an Engine whose calculator tool state the trace follows (None: no tool use)."""
     force = force or {}
+    row = RowState(prompt_ids)
     device = model.get_device()
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
@@ -88,13 +94,16 @@ def trace_generation(model, prompt_ids, max_tokens=20, temperature=1.0, top_k=No
             sampled = int(torch.multinomial(probs.unsqueeze(0), 1, generator=rng)[0, 0])
         else:
             sampled = int(torch.argmax(logits))
-        token = force.get(i, sampled)
+        tool = engine is not None and len(row.forced) > 0
+        token = row.forced.popleft() if tool else force.get(i, sampled)
+        if engine is not None:
+            engine.advance_tool_state(row, token)
         top_p_vals, top_ids = torch.topk(probs, min(top_n, probs.numel()))
         steps.append(Step(
             index=i, token_id=token, prob=float(probs[token]), raw_prob=float(raw[token]),
             entropy=entropy_bits(probs), raw_entropy=entropy_bits(raw), kept=int((probs > 0).sum()),
             alternatives=[(int(t), float(p)) for t, p in zip(top_ids, top_p_vals) if p > 0],
-            forced=i in force,
+            forced=i in force and not tool, tool=tool,
         ))
         if token in stop_ids:
             break

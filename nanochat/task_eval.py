@@ -200,8 +200,9 @@ def load_eval_task(name):
 
 def format_results_table(results):
     """A plain text table: task, kind, correct/total, accuracy, centered accuracy."""
-    lines = [f"{'task':<16} {'kind':<12} {'correct':>12} {'accuracy':>9} {'centered':>9}"]
+    w = max([16] + [len(r.name) for r in results])
+    lines = [f"{'task':<{w}} {'kind':<12} {'correct':>12} {'accuracy':>9} {'centered':>9}"]
     for r in results:
-        lines.append(f"{r.name:<16} {r.eval_type:<12} {f'{r.correct}/{r.total}':>12} "
+        lines.append(f"{r.name:<{w}} {r.eval_type:<12} {f'{r.correct}/{r.total}':>12} "
                      f"{100 * r.accuracy:8.2f}% {r.centered:9.4f}")
     return "\n".join(lines)

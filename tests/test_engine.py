@@ -109,3 +109,23 @@ def test_filters_apply_in_the_documented_order():
     assert kept(filter_logits(logits, 1.0, min_p=ratio - 1e-4)) == [0, 1, 2]
     # temperature first: a high temperature flattens the distribution before min_p looks at it
     assert len(kept(filter_logits(logits, 5.0, min_p=ratio))) > 3
+
+
+def test_generation_trace_follows_tool_calls_like_the_engine(tiny_base_dir):
+    from nanochat.tokenizer import get_tokenizer
+    from nanochat.gpt import GPTConfig
+    from nanochat.generation_trace import trace_generation
+    tok = get_tokenizer()
+    sp = tok.encode_special
+    script = [sp("<|python_start|>"), *tok.encode("6*7"), sp("<|python_end|>"), sp("<|assistant_end|>")]
+    config = GPTConfig(sequence_len=64, vocab_size=tok.get_vocab_size(), n_layer=1, n_head=1, n_kv_head=1, n_embd=8)
+    prompt = [tok.get_bos_token_id(), sp("<|assistant_start|>")]
+    engine_model, trace_model = (ScriptedModel(script, tok.get_vocab_size(), config) for _ in range(2))
+    engine_model.prompt_len = trace_model.prompt_len = len(prompt)
+    engine = Engine(engine_model, tok)
+    from_engine = [col[0] for col, _ in engine.generate(prompt, max_tokens=12, temperature=0.0)]
+    steps = trace_generation(trace_model, prompt, max_tokens=12, temperature=0.0, engine=Engine(trace_model, tok),
+                             stop_ids={sp("<|assistant_end|>")})
+    assert [s.token_id for s in steps] == from_engine[:len(steps)]
+    tool_tokens = [s.token_id for s in steps if s.tool]
+    assert tool_tokens == [sp("<|output_start|>"), *tok.encode("42"), sp("<|output_end|>")]

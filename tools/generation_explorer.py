@@ -98,19 +98,19 @@ def show_steps(tokenizer, steps, top_n):
     rows = []
     for s in steps:
         alts = "  ".join(f"{tok(tokenizer, t)} {p:.2f}" for t, p in s.alternatives[:top_n] if t != s.token_id)
-        mark = ui.warn(" forced") if s.forced else ""
+        mark = ui.warn(" forced") if s.forced else (ui.muted(" tool") if s.tool else "")
         rows.append([s.index, tok(tokenizer, s.token_id) + mark, f"{ui.bar(s.prob, 12, 'green')} {s.prob:.3f}",
                      f"{s.entropy:.2f}", f"{s.raw_entropy:.2f}", s.kept, alts])
     print(ui.table(rows, headers=["step", "token", "probability", "H bits", "H raw", "kept", "alternatives"],
                    align="><<>>><"))
     print(ui.muted("  H bits: entropy of the distribution sampled from (after the filters); H raw: of the model's own "
-                   "distribution; kept: tokens left after the filters"))
+                   "distribution; kept: tokens left after the filters; tool: fed in by the calculator, not sampled"))
 
 
 def trace_json(tokenizer, steps):
     return [{"step": s.index, "token_id": s.token_id, "token": tokenizer.decode([s.token_id]), "prob": s.prob,
              "raw_prob": s.raw_prob, "entropy_bits": s.entropy, "raw_entropy_bits": s.raw_entropy, "kept": s.kept,
-             "forced": s.forced, "alternatives": [[t, p] for t, p in s.alternatives]} for s in steps]
+             "forced": s.forced, "tool": s.tool, "alternatives": [[t, p] for t, p in s.alternatives]} for s in steps]
 
 
 def explore(model, tokenizer, prompt, args, settings, chat):
@@ -143,8 +143,9 @@ def explore(model, tokenizer, prompt, args, settings, chat):
                      tokenizer.decode(g).replace("\n", "↵")] for v, (_, g) in zip(values, results)]
             print(ui.table(rows, headers=[label, "generation"], align="><"))
         return out
+    engine = Engine(model, tokenizer)  # the trace follows calculator calls as the engine does
     steps = gt.trace_generation(model, ids, args.max_tokens, seed=args.seed, top_n=args.top_n, stop_ids=stops,
-                                **settings)
+                                engine=engine, **settings)
     out["steps"] = trace_json(tokenizer, steps)
     out["text"] = tokenizer.decode([s.token_id for s in steps])
     branch = None
@@ -154,7 +155,7 @@ def explore(model, tokenizer, prompt, args, settings, chat):
         except ValueError as e:
             raise UserError(f"--force: {e}")
         branch = gt.trace_generation(model, ids, args.max_tokens, seed=args.seed, top_n=args.top_n,
-                                     stop_ids=stops, force=force, **settings)
+                                     stop_ids=stops, force=force, engine=engine, **settings)
         out["branch"] = trace_json(tokenizer, branch)
         out["branch_text"] = tokenizer.decode([s.token_id for s in branch])
     if args.json:
