@@ -528,7 +528,8 @@ async def _load(url, clients, seconds, proc_pid):
                         break
                 if abort and events[-1:] != ["[DONE]"]:
                     results["aborted"] += 1
-                elif events and events[-1] == "[DONE]" and finish == "length":
+                elif events and events[-1] == "[DONE]" and finish in ("length", "stop"):
+                    # a proper end: max_tokens reached, or the model ended its turn (<|bos|> / <|assistant_end|>)
                     results["streams_ok"] += 1
                 else:
                     results["streams_bad"].append(("unfinished", events[-3:]))
