@@ -17,7 +17,6 @@ leaves a file that looks whole but is not.
 
 import os
 import re
-import glob
 import json
 
 import torch

@@ -14,8 +14,6 @@ conversation a row of its own (PaddedChatLoader, --target-examples-per-step conv
 step), which is closer to how the model is used when it chats.
 """
 
-import os
-
 import torch
 
 from nanochat.common import compute_init, compute_cleanup, print0, get_peak_flops, UserError, format_duration
@@ -132,19 +130,8 @@ def run_finetune(args, stage):
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] = group["initial_lr"] * args.init_lr_frac
 
-    start_step, loader_state, val_bpb = 0, None, None
-    loop_state = {"min_val_bpb": float("inf"), "smooth_train_loss": 0.0, "smooth_count": 0,
-                  "total_training_time": 0.0, "tokens_seen": 0}
-    if args.resume_from_step >= 0:
-        start_step = args.resume_from_step
-        meta, loader_state = tr.load_training_checkpoint(ckpt_dir, start_step, model, optimizer, rt)
-        loop_state.update(meta.get("loop_state", {}))
-        val_bpb = meta.get("val_bpb")
-        if rt.master:
-            cm.truncate_metrics(ckpt_dir, start_step)
-        print0(f"resumed from {ckpt_dir} step {start_step}")
-    elif rt.master and os.path.exists(os.path.join(ckpt_dir, cm.METRICS_FILE)):
-        os.remove(os.path.join(ckpt_dir, cm.METRICS_FILE))  # a fresh run starts a fresh log
+    start_step, loader_state, loop_state, val_bpb = tr.start_or_resume(
+        ckpt_dir, args.resume_from_step, model, optimizer, rt)
 
     train_loader = make_loader(train_task, state=loader_state)
     use_compile = stage == "mid" and (args.compile == 1 or (args.compile == -1 and rt.device_type == "cuda"))

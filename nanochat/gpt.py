@@ -16,7 +16,6 @@ What is in it, and why:
 - per-layer learnable scalars: x = resid_lambda * x + x0_lambda * x0 (x0 = the embedded input)
 """
 
-import math
 from dataclasses import dataclass, asdict
 
 import torch

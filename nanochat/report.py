@@ -18,7 +18,6 @@ sections with fixed names, so any script can feed it:
 
 import os
 import re
-import sys
 import json
 import time
 import shutil

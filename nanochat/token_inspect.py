@@ -220,3 +220,14 @@ def chat_supervision(tokenizer, conversation, max_tokens=None):
     sup = sum(mask)
     return ids, mask, {"tokens": len(ids), "supervised": sup, "not_supervised": len(ids) - sup,
                        "supervised_share": sup / len(ids) if ids else 0.0}
+
+
+def supervision_lines(tokenizer, ids, mask, color):
+    """A rendered conversation with its loss mask made visible, as lines to print: coloured
+    backgrounds in a terminal, [brackets] around supervised tokens in plain text."""
+    if color:
+        return [tokenizer.visualize_tokenization(ids, mask),
+                "  green = supervised (the model learns to predict it), grey = context only"]
+    text = "".join(f"[{visible(tokenizer.id_to_token(t))}]" if m else visible(tokenizer.id_to_token(t))
+                   for t, m in zip(ids, mask))
+    return [text, "  [bracketed] = supervised (the model learns to predict it); the rest is context only"]

@@ -124,6 +124,27 @@ def load_training_checkpoint(ckpt_dir, step, model, optimizer, rt):
     return meta, loader_state
 
 
+def start_or_resume(ckpt_dir, resume_from_step, model, optimizer, rt):
+    """The state a training stage starts from: (start_step, loader_state, loop_state, val_bpb).
+
+    resume_from_step < 0: a fresh run (step 0, a fresh metrics.jsonl). Otherwise model, optimizer
+    and RNG come back from that checkpoint and metrics.jsonl is cut back to it, so that every step
+    appears in the log exactly once."""
+    loop_state = {"min_val_bpb": float("inf"), "smooth_train_loss": 0.0, "smooth_count": 0,
+                  "total_training_time": 0.0, "tokens_seen": 0}
+    if resume_from_step < 0:
+        metrics = os.path.join(ckpt_dir, cm.METRICS_FILE)
+        if rt.master and os.path.exists(metrics):
+            os.remove(metrics)  # a fresh run starts a fresh log
+        return 0, None, loop_state, None
+    meta, loader_state = load_training_checkpoint(ckpt_dir, resume_from_step, model, optimizer, rt)
+    loop_state.update(meta.get("loop_state", {}))
+    if rt.master:
+        cm.truncate_metrics(ckpt_dir, resume_from_step)
+    print0(f"resumed from {ckpt_dir} step {resume_from_step}")
+    return resume_from_step, loader_state, loop_state, meta.get("val_bpb")
+
+
 # -----------------------------------------------------------------------------
 # progress
 

@@ -15,7 +15,6 @@ Examples:
     python -m scripts.base_train --depth 4 --resume-from-step 100
 """
 
-import os
 import argparse
 
 import torch
@@ -108,20 +107,8 @@ def main(argv=None):
     optimizer = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
                                        matrix_lr=args.matrix_lr, scalar_lr=args.scalar_lr,
                                        weight_decay=args.weight_decay, distributed=rt.ddp)
-    start_step, loader_state = 0, None
-    loop_state = {"min_val_bpb": float("inf"), "smooth_train_loss": 0.0, "smooth_count": 0,
-                  "total_training_time": 0.0, "tokens_seen": 0}
-    val_bpb = None
-    if args.resume_from_step >= 0:
-        start_step = args.resume_from_step
-        meta, loader_state = tr.load_training_checkpoint(ckpt_dir, start_step, model, optimizer, rt)
-        loop_state.update(meta.get("loop_state", {}))
-        val_bpb = meta.get("val_bpb")
-        if rt.master:
-            cm.truncate_metrics(ckpt_dir, start_step)
-        print0(f"resumed from {ckpt_dir} step {start_step}")
-    elif rt.master and os.path.exists(os.path.join(ckpt_dir, cm.METRICS_FILE)):
-        os.remove(os.path.join(ckpt_dir, cm.METRICS_FILE))  # a fresh run starts a fresh log
+    start_step, loader_state, loop_state, val_bpb = tr.start_or_resume(
+        ckpt_dir, args.resume_from_step, model, optimizer, rt)
 
     train_loader = DataLoader(tokenizer, args.device_batch_size, args.max_seq_len, "train", rt.device,
                               args.data_dir, rt.rank, rt.world_size, state=loader_state)

@@ -461,10 +461,14 @@ def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail():
 
 
 @pytest.mark.slow
-def test_humaneval_all_164_canonical_solutions_pass():
+def test_humaneval_all_164_canonical_solutions_pass_and_return_none_passes_none():
     task = HumanEval()
+    assert len(task) == 164
     failed = [c["task_id"] for c in task if not task.evaluate(c, c["messages"][1]["content"])]
     assert failed == []
+    # the body of the entry point, as a completion model writes it after the prompt
+    passed = [c["task_id"] for c in task if task.evaluate(c, "    return None\n")]
+    assert passed == []
 
 
 # -----------------------------------------------------------------------------

@@ -112,13 +112,9 @@ def read_conversation_file(path):
 
 def show_render(tokenizer, ids, mask):
     print(ui.heading("Rendered for training"))
-    if ui.use_color():
-        print(tokenizer.visualize_tokenization(ids, mask))
-        print(ui.muted("  green = supervised (the model learns to predict it), grey = context only"))
-    else:
-        print("".join(f"[{ti.visible(tokenizer.id_to_token(t))}]" if m else ti.visible(tokenizer.id_to_token(t))
-                      for t, m in zip(ids, mask)))
-        print("  [bracketed] = supervised (the model learns to predict it); the rest is context only")
+    text, legend = ti.supervision_lines(tokenizer, ids, mask, ui.use_color())
+    print(text)
+    print(ui.muted(legend))
 
 
 def show_report(tokenizer, report, show_tokens=True):

@@ -186,14 +186,9 @@ def show_chat(tokenizer, args, out):
         out.append({"chat": {"ids": ids, "mask": mask, "stats": stats}})
         return
     print(ui.heading("Chat rendered for training"))
-    if ui.use_color():
-        print(tokenizer.visualize_tokenization(ids, mask))
-        print(ui.muted("  green = supervised (the model learns to predict it), grey = context only"))
-    else:
-        # plain text: supervised tokens in [brackets]
-        print("".join(f"[{ti.visible(tokenizer.id_to_token(t))}]" if m else ti.visible(tokenizer.id_to_token(t))
-                      for t, m in zip(ids, mask)))
-        print("  [bracketed] = supervised (the model learns to predict it); the rest is context only")
+    text, legend = ti.supervision_lines(tokenizer, ids, mask, ui.use_color())
+    print(text)
+    print(ui.muted(legend))
     print()
     print(ui.key_values([("tokens", stats["tokens"]), ("supervised", stats["supervised"]),
                          ("not supervised", stats["not_supervised"]),

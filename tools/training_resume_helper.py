@@ -102,7 +102,7 @@ def print_replay(result):
         print(f"  weights after the replay vs checkpoint {result.weights_step}: "
               + (ui.good("bit-identical") if result.weights_equal else ui.bad("different")))
     if result.exact:
-        print(ui.good(f"  the replay reproduces the run exactly: resuming continues it step for step"))
+        print(ui.good("  the replay reproduces the run exactly: resuming continues it step for step"))
     else:
         print(ui.bad(f"  the replay differs (max {result.max_abs_diff:.3e}); ") +
               f"a different thread count ({result.threads} now; set OMP_NUM_THREADS like the original run) "
