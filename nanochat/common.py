@@ -8,6 +8,7 @@ Nothing here knows about models or data; it sits underneath every script in scri
 
 import os
 import sys
+import json
 import time
 import logging
 from dataclasses import dataclass
@@ -23,12 +24,41 @@ class UserError(Exception):
     instead of a traceback. The message should say what is wrong and what to do."""
 
 
+# exceptions that are the user's to fix (a bad flag, a missing or unreadable file, a corrupt JSON
+# file): they end a script or tool with one line and exit code 2; anything else is a bug and keeps
+# its traceback
+USER_ERRORS = (UserError, OSError, UnicodeDecodeError, json.JSONDecodeError)
+
+
+def error_message(exc):
+    """The one line that explains one of USER_ERRORS to the user."""
+    if isinstance(exc, UserError):
+        message = str(exc)
+    elif isinstance(exc, UnicodeDecodeError):
+        message = ("a file is not UTF-8 text (byte 0x%02x at position %d); save it as UTF-8 or pick another file"
+                   % (exc.object[exc.start], exc.start))
+    elif isinstance(exc, json.JSONDecodeError):
+        message = f"invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); fix or delete the file"
+    elif isinstance(exc, IsADirectoryError):
+        message = f"{exc.filename} is a folder, but a file was expected"
+    elif isinstance(exc, NotADirectoryError):
+        message = f"{exc.filename} is not a folder"
+    elif isinstance(exc, FileNotFoundError):
+        message = f"no such file or folder: {exc.filename}; check the path"
+    elif isinstance(exc, PermissionError):
+        message = f"permission denied: {exc.filename}"
+    else:  # any other OSError
+        where = f" ({exc.filename})" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}"
+    return "error: " + " ".join(message.split())
+
+
 def run_main(main):
-    """Run `main()` and turn UserError / KeyboardInterrupt into a one-line message and an exit code."""
+    """Run a script's `main()`: USER_ERRORS become one line on stderr and exit code 2, Ctrl-C 130."""
     try:
         return main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(error_message(e), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -23,12 +23,11 @@ FORCE_COLOR=1 turns it on anyway (handy to look at colours through `less -R`). E
 import os
 import re
 import sys
-import json
 import time
 import argparse
 import unicodedata
 
-from nanochat.common import UserError
+from nanochat.common import UserError, USER_ERRORS, error_message
 
 # -----------------------------------------------------------------------------
 # colour
@@ -299,30 +298,6 @@ def make_parser(description, examples=(), prog=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def error_message(exc):
-    """The one-line message for an exception that reached the top of a tool, or None if it is a
-    programming error (which should keep its traceback)."""
-    if isinstance(exc, UserError):
-        return str(exc)
-    if isinstance(exc, UnicodeDecodeError):
-        return ("a file is not UTF-8 text (byte 0x%02x at position %d); save it as UTF-8 or pick another file"
-                % (exc.object[exc.start], exc.start))
-    if isinstance(exc, json.JSONDecodeError):
-        return f"invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); fix or delete the file"
-    if isinstance(exc, IsADirectoryError):
-        return f"{exc.filename} is a folder, but a file was expected"
-    if isinstance(exc, NotADirectoryError):
-        return f"{exc.filename} is not a folder"
-    if isinstance(exc, FileNotFoundError):
-        return f"no such file or folder: {exc.filename}; check the path"
-    if isinstance(exc, PermissionError):
-        return f"permission denied: {exc.filename}"
-    if isinstance(exc, OSError):
-        where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror or exc}{where}"
-    return None
-
-
 def run_tool(main, argv=None):
     """Run `main(argv)` and return the exit code instead of raising.
 
@@ -344,9 +319,8 @@ def run_tool(main, argv=None):
         except (OSError, ValueError):
             pass
         return 0
-    except (UserError, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        message = error_message(e)
-        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(error_message(e), file=sys.stderr)
         return 2
 
 

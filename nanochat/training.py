@@ -8,7 +8,6 @@ the tools (resume helper, LR finder, dashboard) read what they write.
 """
 
 import os
-import sys
 import time
 import random
 
@@ -171,7 +170,6 @@ class Progress:
         self.num_iterations = num_iterations
         self.start_step = start_step
         self.t0 = time.time()
-        self.tty = sys.stdout.isatty()
 
     def line(self, step, loss, lr_mult, dt, tok_per_sec, mfu, extra=""):
         done = step + 1
