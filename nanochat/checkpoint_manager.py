@@ -207,7 +207,7 @@ def build_model(ckpt_dir, step, device, phase="eval"):
     with torch.device("meta"):
         model = GPT(config)
     model.to_empty(device=device)
-    model.init_weights()  # fills the non-persistent rotary buffers
+    model.init_rotary()  # the weights come from the checkpoint; only the rotary tables are computed
     model_state = clean_state_dict(model_state)
     if torch.device(device).type in ("cpu", "mps"):
         # upstream GPU checkpoints may hold bf16 weights; CPUs and MPS run in fp32

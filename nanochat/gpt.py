@@ -244,7 +244,12 @@ class GPT(nn.Module):
             torch.nn.init.uniform_(emb.weight, -s, s)
         self.resid_lambdas.fill_(1.0)
         self.x0_lambdas.fill_(0.1)
-        head_dim = n_embd // self.config.n_head
+        self.init_rotary()
+
+    @torch.no_grad()
+    def init_rotary(self):
+        """Fill the rotary cos/sin tables: buffers that are not saved in checkpoints."""
+        head_dim = self.config.n_embd // self.config.n_head
         cos, sin = self._precompute_rotary(self.rotary_seq_len, head_dim, device=self.cos.device)
         self.cos.copy_(cos)
         self.sin.copy_(sin)
