@@ -88,12 +88,12 @@ def quoted(rng, text):
     return rng.choice([text, f"'{text}'", f'"{text}"'])
 
 
-class SpellingBee(Task):
-    """Count a letter in a word; generative, checked by the number after ####."""
+class _WordTask(Task):
+    """A generative task with `size` examples, each drawn from the split's own words."""
 
     def __init__(self, size=1000, split="train", **slice_kwargs):
         super().__init__(**slice_kwargs)
-        check_split("SpellingBee", split, ("train", "test"))
+        check_split(type(self).__name__, split, ("train", "test"))
         self.size, self.split = size, split
         self.words = load_words(split)
 
@@ -103,6 +103,10 @@ class SpellingBee(Task):
 
     def num_examples(self):
         return self.size
+
+
+class SpellingBee(_WordTask):
+    """Count a letter in a word; generative, checked by the number after ####."""
 
     def get_example(self, index):
         rng = random.Random(f"spellingbee/{self.split}/{index}")
@@ -127,21 +131,8 @@ class SpellingBee(Task):
         return int(extract_answer(assistant_response) == reference)
 
 
-class SimpleSpelling(Task):
+class SimpleSpelling(_WordTask):
     """Spell a word letter by letter; generative, checked by the last spelled-out sequence in the reply."""
-
-    def __init__(self, size=1000, split="train", **slice_kwargs):
-        super().__init__(**slice_kwargs)
-        check_split("SimpleSpelling", split, ("train", "test"))
-        self.size, self.split = size, split
-        self.words = load_words(split)
-
-    @property
-    def eval_type(self):
-        return "generative"
-
-    def num_examples(self):
-        return self.size
 
     def get_example(self, index):
         rng = random.Random(f"simplespelling/{self.split}/{index}")
