@@ -6,6 +6,7 @@ figure that turns throughput into MFU (model FLOPs utilisation).
 Nothing here knows about models or data; it sits underneath every script in scripts/.
 """
 
+import gc
 import os
 import sys
 import json
@@ -202,7 +203,12 @@ def compute_init(device_type="", seed=42):
 
 def compute_cleanup():
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
+        # Free the process group's objects now, while Python is healthy. Left to interpreter
+        # shutdown, a gloo worker thread may still be releasing one and the process aborts
+        # with "terminate called without an active exception".
+        gc.collect()
 
 
 # -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import tempfile
 import pytest
 import torch
 
-from nanochat.common import UserError
+from nanochat.common import UserError, compute_cleanup
 from nanochat.task_eval import (TaskResult, chatcore, centered_accuracy, run_categorical_eval,
                                 run_generative_eval)
 from tasks.common import Task, mc_conversation
@@ -153,7 +153,7 @@ def _ddp_worker(rank, world_size, init_file, base_dir, out_dir):
     result = run_generative_eval(ParityTask(), tokenizer, model, max_new_tokens=2)
     torch.save({"correct": result.correct, "total": result.total,
                 "indices": [it["index"] for it in result.items]}, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    compute_cleanup()
 
 
 @pytest.mark.slow
