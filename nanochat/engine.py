@@ -8,8 +8,9 @@ The KV cache: a Transformer recomputes keys and values of every earlier token at
 they are kept. KVCache preallocates room for them (layers x batch x positions x heads x dim), so
 each new token costs one position of work instead of the whole context.
 
-Generation: the prompt is run once (prefill) with batch size 1, its cache is copied into a batch
-of `num_samples` rows, and then all rows decode together, one token per step.
+Generation: the prompt is run once (prefill), its cache is copied into a batch of `num_samples`
+rows, and then all rows decode together, one token per step. Several prompts can share a batch:
+shorter ones are left-padded and the padding is masked out of attention (evaluation uses this).
 
 Tool use: when a row emits <|python_start|> ... <|python_end|>, the text in between goes to the
 calculator (nanochat/calculator.py), and its result is *forced* into that row as
@@ -30,18 +31,20 @@ FILTER_ORDER = ("temperature", "top_k", "top_p", "min_p")
 class KVCache:
     """Keys and values of every layer for a batch of rows; grows if a row runs past its size."""
 
-    def __init__(self, batch_size, num_kv_heads, seq_len, head_dim, num_layers, device, dtype=torch.float32):
+    def __init__(self, batch_size, num_kv_heads, seq_len, head_dim, num_layers, device, dtype=torch.float32,
+                 pad=None):
         shape = (num_layers, batch_size, seq_len, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0
+        self.pad = pad  # (batch,) left padding of each row, or None when no row is padded
 
     @classmethod
-    def for_model(cls, model, batch_size, seq_len):
+    def for_model(cls, model, batch_size, seq_len, pad=None):
         c = model.config
         head_dim = c.n_embd // c.n_head
         dtype = torch.bfloat16 if model.get_device().type == "cuda" else torch.float32
-        return cls(batch_size, c.n_kv_head, seq_len, head_dim, c.n_layer, model.get_device(), dtype)
+        return cls(batch_size, c.n_kv_head, seq_len, head_dim, c.n_layer, model.get_device(), dtype, pad)
 
     def get_pos(self):
         return self.pos
@@ -70,11 +73,14 @@ class KVCache:
         self.pos += T
 
     def copy_prefill(self, other):
-        """Fill this (batch N) cache from a batch-1 cache: every row starts from the same prompt."""
-        assert self.pos == 0 and other.k.size(1) == 1
+        """Fill this cache (batch P x N) from a prefilled one (batch P): each of the P prompts
+        becomes N rows that start from it."""
+        assert self.pos == 0 and self.k.size(1) % other.k.size(1) == 0
+        n = self.k.size(1) // other.k.size(1)
         self._ensure(other.pos)
-        self.k[:, :, :other.pos] = other.k[:, :, :other.pos]
-        self.v[:, :, :other.pos] = other.v[:, :, :other.pos]
+        self.k[:, :, :other.pos] = other.k[:, :, :other.pos].repeat_interleave(n, dim=1)
+        self.v[:, :, :other.pos] = other.v[:, :, :other.pos].repeat_interleave(n, dim=1)
+        self.pad = None if other.pad is None else other.pad.repeat_interleave(n)
         self.pos = other.pos
 
 
@@ -111,6 +117,16 @@ def sample_next_token(logits, rng, temperature=1.0, top_k=None, top_p=None, min_
     return torch.multinomial(probs, num_samples=1, generator=rng).squeeze(-1)
 
 
+def as_prompt_list(tokens):
+    """One prompt (list of ids) or several (list of lists) -> a list of prompts."""
+    ok_one = isinstance(tokens, list) and tokens and isinstance(tokens[0], int)
+    if ok_one:
+        return [tokens]
+    assert isinstance(tokens, list) and tokens and all(isinstance(p, list) and p and isinstance(p[0], int)
+                                                       for p in tokens), "expected token ids or a list of them"
+    return tokens
+
+
 class RowState:
     """One generated row: its tokens and where it stands in a tool call (shared with the explorer)."""
 
@@ -137,22 +153,28 @@ class Engine:
                  min_p=None, seed=42):
         """Yield (token_column, mask_column) per step: one token per row, mask 1 sampled / 0 forced.
 
-        Rows that finished keep producing filler until every row is done or max_tokens is
-        reached; generate_batch() and the front ends simply ignore a row after its end."""
-        assert isinstance(tokens, list) and tokens and isinstance(tokens[0], int)
+        tokens is one prompt (a list of ids) or several (a list of lists); each prompt gets
+        num_samples rows, prompt by prompt. Rows that finished keep producing filler until every
+        row is done or max_tokens is reached; generate_batch() and the front ends simply ignore a
+        row after its end."""
+        prompts = as_prompt_list(tokens)
         device = self.model.get_device()
         rng = torch.Generator(device=device)
         rng.manual_seed(seed)
         max_tokens = max_tokens if max_tokens is not None else self.model.config.sequence_len
-        # prefill once with batch 1, then share the prompt's cache with every row
-        kv_prefill = KVCache.for_model(self.model, 1, len(tokens))
-        ids = torch.tensor([tokens], dtype=torch.long, device=device)
-        logits = self.model.forward(ids, kv_cache=kv_prefill)[:, -1, :]  # (1, V)
-        kv = KVCache.for_model(self.model, num_samples, len(tokens) + max_tokens)
+        # prefill each prompt once (shorter ones left-padded, the padding masked out of attention),
+        # then share each prompt's cache with its num_samples rows
+        width = max(len(p) for p in prompts)
+        pads = [width - len(p) for p in prompts]
+        pad = torch.tensor(pads, device=device) if any(pads) else None
+        kv_prefill = KVCache.for_model(self.model, len(prompts), width, pad=pad)
+        ids = torch.tensor([[self.bos] * n + p for n, p in zip(pads, prompts)], dtype=torch.long, device=device)
+        logits = self.model.forward(ids, kv_cache=kv_prefill)[:, -1, :]  # (P, V)
+        kv = KVCache.for_model(self.model, len(prompts) * num_samples, width + max_tokens)
         kv.copy_prefill(kv_prefill)
         del kv_prefill
-        logits = logits.expand(num_samples, -1)
-        rows = [RowState(tokens) for _ in range(num_samples)]
+        logits = logits.repeat_interleave(num_samples, dim=0)
+        rows = [RowState(p) for p in prompts for _ in range(num_samples)]
         for _ in range(max_tokens):
             if all(r.completed for r in rows):
                 break
@@ -186,10 +208,11 @@ class Engine:
 
     def generate_batch(self, tokens, num_samples=1, **kwargs):
         """Non-streaming: returns (token lists, mask lists) per row, prompt included, each cut at
-        its terminal token (<|assistant_end|> or <|bos|>, not included)."""
-        results = [list(tokens) for _ in range(num_samples)]
-        masks = [[0] * len(tokens) for _ in range(num_samples)]
-        done = [False] * num_samples
+        its terminal token (<|assistant_end|> or <|bos|>, not included). tokens: as generate()."""
+        prompts = as_prompt_list(tokens)
+        results = [list(p) for p in prompts for _ in range(num_samples)]
+        masks = [[0] * len(p) for p in prompts for _ in range(num_samples)]
+        done = [False] * len(results)
         for column, mask_col in self.generate(tokens, num_samples, **kwargs):
             for i, (tok, m) in enumerate(zip(column, mask_col)):
                 if done[i]:

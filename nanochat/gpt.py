@@ -105,13 +105,16 @@ def attention_mask(q_pos, k_len, window, device):
     return (diff >= 0) & (diff < window)
 
 
-def attention(q, k, v, q_pos0, window):
+def attention(q, k, v, q_pos0, window, pad=None):
     """Scaled dot-product attention. q: (B, Tq, H, D); k, v: (B, Tk, Hkv, D); returns (B, Tq, H, D).
 
     q_pos0 is the position of the first query (non-zero when decoding with a KV cache);
-    the keys cover positions 0 .. Tk-1."""
+    the keys cover positions 0 .. Tk-1. pad (B,), when given, is how many positions at the start
+    of each row are left padding (prompts of different lengths decoded as one batch): no query
+    attends to them. Rotary makes attention depend only on distances, so a padded row computes
+    what it would alone."""
     Tq, Tk = q.size(1), k.size(1)
-    full_causal = q_pos0 == 0 and Tq == Tk and window >= Tk
+    full_causal = pad is None and q_pos0 == 0 and Tq == Tk and window >= Tk
     if full_causal and _use_fa3(q):
         return _fa3_func(q, k, v, causal=True)
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
@@ -120,7 +123,13 @@ def attention(q, k, v, q_pos0, window):
         y = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
     else:
         q_pos = torch.arange(q_pos0, q_pos0 + Tq, device=q.device)
-        mask = attention_mask(q_pos, Tk, window, q.device)
+        mask = attention_mask(q_pos, Tk, window, q.device)  # (Tq, Tk)
+        if pad is not None:
+            k_pos = torch.arange(Tk, device=q.device)
+            real = (k_pos[None, :] >= pad[:, None])[:, None, :]               # (B, 1, Tk)
+            itself = (k_pos[None, :] == q_pos[:, None])[None]                  # (1, Tq, Tk)
+            # a padding query keeps itself so that its row is not empty (its output is never used)
+            mask = (mask[None] & (real | itself))[:, None]                     # (B, 1, Tq, Tk)
         y = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=gqa)
     return y.transpose(1, 2)
 
@@ -160,11 +169,11 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, ve, cos, sin, window, kv_cache=None):
         B, T, C = x.size()
         q, k, v = self.qkv(x, ve, cos, sin)  # (B, T, H|Hkv, D)
-        q_pos0 = 0
+        q_pos0, pad = 0, None
         if kv_cache is not None:
-            q_pos0 = kv_cache.get_pos()
+            q_pos0, pad = kv_cache.get_pos(), kv_cache.pad
             k, v = kv_cache.insert_kv(self.layer_idx, k, v)  # all keys so far: (B, q_pos0+T, Hkv, D)
-        y = attention(q, k, v, q_pos0, window)
+        y = attention(q, k, v, q_pos0, window, pad)
         return self.c_proj(y.reshape(B, T, C))
 
 

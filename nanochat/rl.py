@@ -6,8 +6,9 @@ Pipeline position: scripts/chat_rl.py runs the loop on an SFT model (chatsft_che
 writes chatrl_checkpoints/; the tasks (GSM8K, or the offline arithmetic word problems) give the rewards.
 
 One step, followed with a finger:
-1. rollout: for a question, the Engine samples `num_samples` replies from the current model
-   (tool calls included; the calculator's output is forced in, with mask 0).
+1. rollout: for each question, the Engine samples `num_samples` replies from the current model
+   (tool calls included; the calculator's output is forced in, with mask 0). All the questions
+   of a step decode together in one batch, which is about twice as fast on a CPU.
 2. reward: the task checks each reply (1 right, 0 wrong).
 3. advantage: reward minus the mean reward of that question's samples. A reply better than its
    siblings is pushed up, a worse one down, and a question where all samples agree (all right or
@@ -23,17 +24,19 @@ import torch
 from nanochat.engine import Engine
 
 
-def rollout(engine, tokenizer, conversation, num_samples, max_new_tokens, temperature=1.0, top_k=None, seed=0):
-    """Sample replies to one conversation. Returns (prompt ids, [reply ids], [reply masks], [reply texts]).
+def rollout(engine, tokenizer, conversations, num_samples, max_new_tokens, temperature=1.0, top_k=None, seed=0):
+    """Sample num_samples replies to each conversation, all conversations in one batch.
+    Returns one (prompt ids, [reply ids], [reply masks], [reply texts]) per conversation.
 
     Reply ids include the terminal <|assistant_end|> (or <|bos|>) when the row reached it, so the
     model also learns when to stop; the texts leave it out. Masks: 1 sampled, 0 forced."""
-    prompt = tokenizer.render_for_completion(conversation)
-    ids = [[] for _ in range(num_samples)]
-    masks = [[] for _ in range(num_samples)]
-    done = [False] * num_samples
+    prompts = [tokenizer.render_for_completion(c) for c in conversations]
+    n_rows = len(prompts) * num_samples
+    ids = [[] for _ in range(n_rows)]
+    masks = [[] for _ in range(n_rows)]
+    done = [False] * n_rows
     terminal = (engine.assistant_end, engine.bos)
-    for column, mask_column in engine.generate(prompt, num_samples=num_samples, max_tokens=max_new_tokens,
+    for column, mask_column in engine.generate(prompts, num_samples=num_samples, max_tokens=max_new_tokens,
                                                temperature=temperature, top_k=top_k, seed=seed):
         for i, (token, m) in enumerate(zip(column, mask_column)):
             if done[i]:
@@ -44,7 +47,8 @@ def rollout(engine, tokenizer, conversation, num_samples, max_new_tokens, temper
         if all(done):
             break
     texts = [tokenizer.decode([t for t in row if t not in terminal]) for row in ids]
-    return prompt, ids, masks, texts
+    rows = [slice(q * num_samples, (q + 1) * num_samples) for q in range(len(prompts))]
+    return [(prompt, ids[r], masks[r], texts[r]) for prompt, r in zip(prompts, rows)]
 
 
 def question_advantages(rewards):
@@ -92,37 +96,41 @@ def group_loss(model, inputs, targets, advantages, num_tokens=None):
     return policy_gradient_loss(-nll, targets, advantages.to(nll.device), num_tokens)
 
 
-def rl_question_step(model, tokenizer, task, conversation, num_samples, max_new_tokens, temperature, top_k,
-                     seed, loss_scale=1.0, device_batch_size=None, autocast=None):
-    """Rollout, reward, advantages and backward for one question. Returns a dict of figures.
+def rl_step(model, tokenizer, task, conversations, num_samples, max_new_tokens, temperature, top_k, seed,
+            loss_scale=1.0, device_batch_size=None, autocast=None):
+    """Rollout, reward, advantages and backward for this rank's questions of one step. Returns one
+    dict of figures per question.
 
-    The gradient of loss * loss_scale is accumulated into the model's .grad (call once per question
-    of a step with loss_scale = 1 / questions per rank, then step the optimizer). The samples go
-    through the model in chunks of device_batch_size rows (all at once by default)."""
+    All questions roll out together (one batch of len(conversations) x num_samples rows); then
+    each question's samples go through the model in chunks of device_batch_size rows (all at once
+    by default) and the gradient of loss * loss_scale / len(conversations) is accumulated into
+    .grad, so after the call the optimizer can step."""
     import contextlib
     autocast = autocast or contextlib.nullcontext
     engine = Engine(model, tokenizer)
     model.eval()
     with autocast():
-        prompt, replies, masks, texts = rollout(engine, tokenizer, conversation, num_samples, max_new_tokens,
-                                                temperature, top_k, seed)
-    rewards = [float(task.reward(conversation, text)) for text in texts]
-    advantages = question_advantages(rewards)
+        rollouts = rollout(engine, tokenizer, conversations, num_samples, max_new_tokens, temperature, top_k, seed)
     model.train()
-    inputs, targets = build_batch(prompt, replies, masks, tokenizer.get_bos_token_id(), model.get_device())
-    num_tokens = int((targets >= 0).sum().item())
-    chunk = device_batch_size or num_samples
-    total_loss = 0.0
-    for start in range(0, num_samples, chunk):
-        part = slice(start, start + chunk)
-        if not advantages[part].any():
-            continue  # all-zero advantages: no gradient, skip the forward pass
-        with autocast():
-            loss = group_loss(model, inputs[part], targets[part], advantages[part], num_tokens)
-        (loss * loss_scale).backward()
-        total_loss += loss.item()
-    return {"reward_mean": sum(rewards) / len(rewards), "loss": total_loss, "rewards": rewards,
-            "reply_tokens": sum(len(r) for r in replies) / len(replies), "sampled_tokens": num_tokens}
+    figures = []
+    for conversation, (prompt, replies, masks, texts) in zip(conversations, rollouts):
+        rewards = [float(task.reward(conversation, text)) for text in texts]
+        advantages = question_advantages(rewards)
+        inputs, targets = build_batch(prompt, replies, masks, tokenizer.get_bos_token_id(), model.get_device())
+        num_tokens = int((targets >= 0).sum().item())
+        chunk = device_batch_size or num_samples
+        total_loss = 0.0
+        for start in range(0, num_samples, chunk):
+            part = slice(start, start + chunk)
+            if not advantages[part].any():
+                continue  # all-zero advantages: no gradient, skip the forward pass
+            with autocast():
+                loss = group_loss(model, inputs[part], targets[part], advantages[part], num_tokens)
+            (loss * loss_scale / len(conversations)).backward()
+            total_loss += loss.item()
+        figures.append({"reward_mean": sum(rewards) / len(rewards), "loss": total_loss, "rewards": rewards,
+                        "reply_tokens": sum(len(r) for r in replies) / len(replies), "sampled_tokens": num_tokens})
+    return figures
 
 
 # -----------------------------------------------------------------------------
@@ -256,13 +264,11 @@ def run_rl(args):
         lr_mult = 1.0 - step / num_steps  # linear decay to zero over the run
         lrs = tr.apply_lr(optimizer, lr_mult, step)
         sums = torch.zeros(4, dtype=torch.float64, device=rt.device)  # reward, loss, reply tokens, questions
-        for j in range(per_rank):
-            index = step * args.questions_per_step + rt.rank + j * rt.world_size  # global question number
-            conversation = train_task[index % len(train_task)]
-            out = rl_question_step(model, tokenizer, train_task, conversation, args.num_samples, args.max_new_tokens,
-                                   args.temperature, top_k, seed=args.seed * 1_000_003 + index,
-                                   loss_scale=1.0 / per_rank, device_batch_size=args.device_batch_size or None,
-                                   autocast=rt.autocast)
+        indices = [step * args.questions_per_step + rt.rank + j * rt.world_size for j in range(per_rank)]
+        conversations = [train_task[index % len(train_task)] for index in indices]  # global question numbers
+        for out in rl_step(model, tokenizer, train_task, conversations, args.num_samples, args.max_new_tokens,
+                           args.temperature, top_k, seed=args.seed * 1_000_003 + indices[0],
+                           device_batch_size=args.device_batch_size or None, autocast=rt.autocast):
             sums += torch.tensor([out["reward_mean"], out["loss"], out["reply_tokens"], 1.0], dtype=torch.float64,
                                  device=rt.device)
         for p in model.parameters():  # a rank whose questions all had equal rewards has no gradient

@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("-m", "--max-new-tokens", type=int, default=256, help="longest reply, in tokens")
     p.add_argument("-n", "--num-samples", type=int, default=1, help="samples per problem (solved if any is right)")
     p.add_argument("-k", "--top-k", type=int, default=50, help="top-k sampling (0: off)")
-    p.add_argument("-b", "--batch-size", type=int, default=8, help="prompts per forward for multiple choice")
+    p.add_argument("-b", "--batch-size", type=int, default=16, help="problems per batch: one forward for multiple choice, decoded together for generative tasks")
     p.add_argument("-x", "--max-problems", type=int, default=None, help="evaluate at most this many problems per task")
     p.add_argument("-g", "--model-tag", type=str, default=None, help="model tag to load (default: the largest)")
     p.add_argument("-s", "--step", type=int, default=None, help="step to load (default: the last)")

@@ -129,3 +129,49 @@ def test_generation_trace_follows_tool_calls_like_the_engine(tiny_base_dir):
     assert [s.token_id for s in steps] == from_engine[:len(steps)]
     tool_tokens = [s.token_id for s in steps if s.tool]
     assert tool_tokens == [sp("<|output_start|>"), *tok.encode("42"), sp("<|output_end|>")]
+
+
+# -----------------------------------------------------------------------------
+# several prompts in one batch (left padding masked out of attention)
+
+def _random_model(window_pattern, seed=0):
+    from nanochat.gpt import GPTConfig, build_model
+    torch.manual_seed(seed)
+    config = GPTConfig(sequence_len=16, vocab_size=300, n_layer=3, n_head=4, n_kv_head=2, n_embd=64,
+                       window_pattern=window_pattern)
+    model = build_model(config, "cpu")
+    with torch.no_grad():
+        for p in model.parameters():  # some weights start at zero; make every path matter
+            p.copy_(torch.randn_like(p) * 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("window_pattern", ["L", "SL"])
+def test_padded_rows_compute_what_each_prompt_computes_alone(window_pattern):
+    model = _random_model(window_pattern)
+    prompts = [[5, 17, 200, 3, 9, 44, 61, 2, 8, 90, 11, 7, 250], [5, 31, 4], [5, 6, 7, 8, 9, 10, 12]]
+    width = max(map(len, prompts))
+    pad = torch.tensor([width - len(p) for p in prompts])
+    cache = KVCache.for_model(model, len(prompts), width, pad=pad)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    logits = [model(ids, kv_cache=cache)[:, -1]]
+    step_ids = torch.tensor([[21], [22], [23]])
+    for _ in range(6):  # decode steps reach past the short window (8) for every row
+        logits.append(model(step_ids, kv_cache=cache)[:, -1])
+    for row, p in enumerate(prompts):
+        alone = model(torch.tensor([p + [21 + row] * 6]))  # the same tokens with no padding, no cache
+        expected = alone[0, len(p) - 1:]
+        got = torch.stack([lg[row] for lg in logits])
+        assert torch.allclose(got, expected, atol=1e-4), (window_pattern, row, (got - expected).abs().max())
+
+
+def test_several_prompts_decode_together_as_they_would_alone(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    engine = Engine(model, tokenizer)
+    bos = tokenizer.get_bos_token_id()
+    prompts = [tokenizer.encode(t, prepend=bos) for t in
+               ["To be, or not to be, that is the question", "My lord", "Once upon a time there was"]]
+    alone = [engine.generate_batch(p, num_samples=1, max_tokens=20, temperature=0.0)[0][0] for p in prompts]
+    together, masks = engine.generate_batch(prompts, num_samples=2, max_tokens=20, temperature=0.0)
+    assert together == [row for row in alone for _ in range(2)]  # prompt by prompt, num_samples rows each
+    assert [len(m) for m in masks] == [len(r) for r in together]
