@@ -19,14 +19,20 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# pip -q, without its notes about unreachable package locations (errors still show)
+pip_install() {
+    pip install -q "$@" 2> >(grep -v -e '^WARNING: Retrying' -e '^WARNING: Location' >&2)
+}
 
 if ! python -c 'import torch' 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
         echo "installing PyTorch (CUDA build)"
-        pip install -q "torch==2.13.0"
+        pip_install "torch==2.13.0"
     else
         echo "installing PyTorch (CPU build)"
-        pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+        # --retries 1: where the PyTorch index cannot be reached but a local wheel can be used,
+        # pip would otherwise spend minutes retrying the index for every dependency
+        pip_install --retries 1 "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
     fi
 fi
 
@@ -35,6 +41,6 @@ stamp=.venv/.nanochat-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "installing nanochat and its dependencies into .venv"
-    pip install -q -e ".[dev]"
+    pip_install -e ".[dev]"
     echo "$want" > "$stamp"
 fi
