@@ -7,6 +7,9 @@ Benchmark inference: what the KV cache buys, prefill speed, and batched decoding
   position. The ratio is the speed-up.
 - prefill: tokens/s of running a prompt through the model once while filling the cache.
 - batch decode: tokens/s of Engine rows decoding together (num_samples 1 / 4 / 16).
+- different prompts: --prompts prompts of different lengths (half the first context up to all
+  of it) answered one at a time, then all in one left-padded batch, as evaluation does; the
+  time includes the prefill.
 
 Decode cost is the time from the first generated token to the N-th, divided by N - 1: the clock
 starts after the prompt's prefill, so only decoding is timed. Timings are the best of --repeats. The model is the CPU demo's size
@@ -38,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--contexts", type=str, default="128,512,1024", help="prompt lengths for cache vs no cache")
     p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per timing")
     p.add_argument("--samples", type=str, default="1,4,16", help="num_samples for batch decoding")
+    p.add_argument("--prompts", type=int, default=16, help="different prompts decoded one by one, then together")
     p.add_argument("--repeats", type=int, default=3, help="each timing is the best of this many")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--device-type", type=str, default="cpu", help="cpu|cuda|mps (empty: autodetect)")
@@ -94,8 +98,8 @@ def main(argv=None):
         samples = [int(s) for s in args.samples.split(",")]
     except ValueError:
         raise UserError("--contexts and --samples take comma-separated whole numbers, e.g. 128,512,1024") from None
-    if args.new_tokens < 2 or args.repeats < 1:
-        raise UserError("--new-tokens must be at least 2 and --repeats at least 1")
+    if args.new_tokens < 2 or args.repeats < 1 or args.prompts < 1:
+        raise UserError("--new-tokens must be at least 2, --repeats and --prompts at least 1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     rt = compute_init(args.device_type)
@@ -141,6 +145,19 @@ def main(argv=None):
         tps = rows / per_step
         single = single or tps
         print(f"{'':28} {rows:4d} {tps:11,.0f} {tps / single:10.1f}x")
+
+    lengths = torch.randint(max(1, ctx // 2), ctx + 1, (args.prompts,), generator=gen).tolist()
+    prompts = [torch.randint(0, args.vocab_size, (length,), generator=gen).tolist() for length in lengths]
+
+    def run(batches):
+        for batch in batches:
+            for _ in engine.generate(batch, 1, max_tokens=n, temperature=0.0):
+                pass
+    alone = best_time(lambda: run(prompts), args.repeats, sync)
+    together = best_time(lambda: run([prompts]), args.repeats, sync)
+    print(f"\n{args.prompts} different prompts ({min(lengths)}-{max(lengths)} tokens), {n} new tokens each, prefill included")
+    print(f"{'':22} one at a time {1000 * alone:9.1f} ms | in one batch {1000 * together:9.1f} ms | "
+          f"speed-up {alone / together:.1f}x")
 
 
 if __name__ == "__main__":

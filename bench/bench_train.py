@@ -19,7 +19,7 @@ from nanochat.common import measure_cpu_matmul_flops
 from nanochat.gpt import config_from_depth, build_model
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=64)
@@ -28,7 +28,7 @@ def main():
     p.add_argument("--device-batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

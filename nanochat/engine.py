@@ -168,7 +168,7 @@ class Engine:
         pads = [width - len(p) for p in prompts]
         pad = torch.tensor(pads, device=device) if any(pads) else None
         kv_prefill = KVCache.for_model(self.model, len(prompts), width, pad=pad)
-        ids = torch.tensor([[self.bos] * n + p for n, p in zip(pads, prompts)], dtype=torch.long, device=device)
+        ids = torch.tensor([[0] * n + p for n, p in zip(pads, prompts)], dtype=torch.long, device=device)  # any id pads
         logits = self.model.forward(ids, kv_cache=kv_prefill)[:, -1, :]  # (P, V)
         kv = KVCache.for_model(self.model, len(prompts) * num_samples, width + max_tokens)
         kv.copy_prefill(kv_prefill)

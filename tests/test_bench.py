@@ -1,0 +1,57 @@
+"""The benchmarks in bench/ run, on tiny settings, and print the figures they promise."""
+
+import re
+
+import pytest
+
+from nanochat.common import UserError
+
+
+def _numbers(line):
+    return [float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*\.?\d*", line)]
+
+
+def test_bench_engine_prints_every_section(capsys):
+    from bench import bench_engine
+    bench_engine.main(["--depth", "1", "--head-dim", "32", "--vocab-size", "256", "--sequence-len", "32",
+                       "--contexts", "16,32", "--new-tokens", "3", "--samples", "1,2", "--prompts", "3",
+                       "--repeats", "1", "--device-type", "cpu"])
+    out = capsys.readouterr().out
+    speedups = [line for line in out.splitlines()
+                if line.rstrip().endswith("x") and "rows" not in line and "one at a time" not in line]
+    assert len(speedups) == 2 + 2  # two contexts (cache vs none) and two batch sizes
+    assert all(_numbers(line)[-1] > 0 for line in speedups)
+    (together,) = [line for line in out.splitlines() if "one at a time" in line]
+    alone_ms, batch_ms, ratio = _numbers(together)
+    assert alone_ms > 0 and batch_ms > 0
+    # the printed figures are rounded (0.1 ms, 0.1x): the ratio must agree within that rounding
+    assert (alone_ms - 0.05) / (batch_ms + 0.05) - 0.05 <= ratio <= (alone_ms + 0.05) / max(batch_ms - 0.05, 1e-9) + 0.05
+    lo, hi = map(int, re.search(r"3 different prompts \((\d+)-(\d+) tokens\)", out).groups())
+    assert 8 <= lo <= hi <= 16  # half the first context up to all of it
+
+
+def test_bench_engine_rejects_bad_lists():
+    from bench import bench_engine
+    with pytest.raises(UserError, match="comma-separated"):
+        bench_engine.main(["--contexts", "a,b"])
+    with pytest.raises(UserError, match="--prompts"):
+        bench_engine.main(["--prompts", "0"])
+
+
+def test_bench_train_reports_mfu_against_a_measured_peak(capsys):
+    from bench import bench_train
+    bench_train.main(["--depth", "1", "--head-dim", "32", "--max-seq-len", "32", "--vocab-size", "256",
+                      "--device-batch-size", "2", "--steps", "3"])
+    out = capsys.readouterr().out
+    assert re.search(r"matmul peak measured now: [\d.]+ GFLOP/s", out)
+    shares = [_numbers(line)[0] for line in out.splitlines() if "% of step time" in line]
+    assert len(shares) == 3 and sum(shares) == pytest.approx(100, abs=0.5)  # forward, backward, optimizer
+
+
+@pytest.mark.slow
+def test_bench_tokenizer_compares_with_cl100k(capsys):
+    from bench import bench_tokenizer
+    bench_tokenizer.main(["--vocab-size", "512", "--references", "cl100k", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert re.search(r"train: 512 tokens from [\d,]+ characters", out)
+    assert "ours / cl100k_base" in out
