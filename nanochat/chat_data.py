@@ -276,12 +276,29 @@ class ChatHistory:
 
     def clear(self):
         self.ids = [self.tokenizer.get_bos_token_id()]
+        self.turn_starts = []  # where each user turn begins in self.ids
 
-    def prompt_for(self, user_text):
-        """Add a user turn and return the ids that end with <|assistant_start|> (the model's cue)."""
-        self.ids += [self.sp("<|user_start|>"), *self.tokenizer.encode(user_text), self.sp("<|user_end|>"),
-                     self.sp("<|assistant_start|>")]
-        return list(self.ids)
+    def prompt_for(self, user_text, context_len=None):
+        """Add a user turn and return (ids ending with <|assistant_start|>, the model's cue; the
+        number of earlier exchanges dropped).
+
+        With context_len, the oldest user/assistant exchanges are dropped until the prompt leaves
+        room for at least one new token (the web server's rule too). A message that does not fit
+        even alone raises UserError and leaves the history as it was."""
+        turn = [self.sp("<|user_start|>"), *self.tokenizer.encode(user_text), self.sp("<|user_end|>"),
+                self.sp("<|assistant_start|>")]
+        if context_len is not None and 1 + len(turn) >= context_len:
+            raise UserError(f"that message is {len(turn):,} tokens; this model reads at most {context_len - 1:,}, "
+                            "so shorten it")
+        self.turn_starts.append(len(self.ids))
+        self.ids += turn
+        dropped = 0
+        while context_len is not None and len(self.ids) >= context_len:
+            cut = self.turn_starts[1]  # keep <|bos|>, drop everything before the second turn
+            self.ids = self.ids[:1] + self.ids[cut:]
+            self.turn_starts = [start - cut + 1 for start in self.turn_starts[1:]]
+            dropped += 1
+        return list(self.ids), dropped
 
     def add_reply(self, reply_ids):
         """Close the assistant's turn with its tokens (any terminal token already stripped)."""

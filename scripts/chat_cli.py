@@ -38,12 +38,18 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def stream_reply(engine, history, user_text, args, turn, out=sys.stdout):
-    """Generate the assistant's reply to user_text, printing it as it comes; returns the reply text."""
-    prompt = history.prompt_for(user_text)
+def stream_reply(engine, history, user_text, args, turn, out=sys.stdout, label="Assistant: "):
+    """Generate the assistant's reply to user_text, printing it as it comes; returns the reply text.
+
+    A conversation longer than the model can read loses its oldest exchanges (with a note); a
+    message too long on its own raises UserError before anything is printed."""
+    prompt, dropped = history.prompt_for(user_text, context_len=engine.model.rotary_seq_len)
     limit = engine.model.rotary_seq_len - len(prompt)
-    if limit < 1:
-        raise UserError("the conversation is longer than the model can read; type 'clear' to start a new one")
+    if dropped:
+        out.write(f"(the conversation outgrew the model's {engine.model.rotary_seq_len:,}-token context: "
+                  f"{dropped} oldest exchange(s) dropped)\n")
+    out.write(label)
+    out.flush()
     decoder = StreamDecoder(engine.tokenizer)
     reply_ids, pieces = [], []
     for column, _ in engine.generate(prompt, num_samples=1, max_tokens=min(args.max_tokens, limit),
@@ -76,7 +82,7 @@ def main(argv=None):
     history = ChatHistory(tokenizer)
     if args.prompt:
         with rt.autocast():
-            stream_reply(engine, history, args.prompt, args, turn=0)
+            stream_reply(engine, history, args.prompt, args, turn=0, label="")
         compute_cleanup()
         return
     interactive = sys.stdin.isatty()
@@ -101,9 +107,12 @@ def main(argv=None):
             continue
         if not interactive:
             print(f"User: {user_text}")
-        print("Assistant: ", end="", flush=True)
-        with rt.autocast():
-            stream_reply(engine, history, user_text, args, turn)
+        try:
+            with rt.autocast():
+                stream_reply(engine, history, user_text, args, turn)
+        except UserError as e:  # one message too long: say so and keep the conversation
+            print(f"error: {e}", file=sys.stderr)
+            continue
         turn += 1
     compute_cleanup()
 

@@ -3,6 +3,8 @@ the offline mixture fallback, and the token history / streaming used by chat_cli
 
 import pytest
 
+from nanochat.common import UserError
+
 from nanochat.chat_data import (PackedChatLoader, PaddedChatLoader, ChatHistory, StreamDecoder, build_mixture,
                                 row_inputs_targets)
 from tasks.common import TaskMixture
@@ -152,14 +154,50 @@ def test_unreachable_hub_falls_back_to_offline_tasks_in_one_line(monkeypatch, ca
 def test_chat_history_matches_render_conversation(tokenizer):
     history = ChatHistory(tokenizer)
     reply1 = tokenizer.encode("Hello! How can I help?")
-    prompt1 = history.prompt_for("hi there")
+    prompt1, _ = history.prompt_for("hi there")
     history.add_reply(reply1)
-    prompt2 = history.prompt_for("spell cat")
+    prompt2, _ = history.prompt_for("spell cat")
     conversation = {"messages": [{"role": "user", "content": "hi there"},
                                  {"role": "assistant", "content": "Hello! How can I help?"},
                                  {"role": "user", "content": "spell cat"}]}
     assert prompt2 == tokenizer.render_for_completion(conversation)
     assert prompt1 == tokenizer.render_for_completion({"messages": conversation["messages"][:1]})
+
+
+def test_chat_history_drops_the_oldest_exchanges_to_fit_the_context(tokenizer):
+    history = ChatHistory(tokenizer)
+    turns = [("first question here", "first answer"), ("second one", "second answer"), ("third", "third answer")]
+    for user, reply in turns:
+        ids, dropped = history.prompt_for(user)
+        assert dropped == 0
+        history.add_reply(tokenizer.encode(reply))
+    messages = [{"role": r, "content": c} for u, a in turns for r, c in (("user", u), ("assistant", a))]
+    full, _ = history.prompt_for("last")
+    messages.append({"role": "user", "content": "last"})
+    assert full == tokenizer.render_for_completion({"messages": messages})
+
+    history.clear()
+    for user, reply in turns:
+        history.prompt_for(user)
+        history.add_reply(tokenizer.encode(reply))
+    # room for the last two exchanges and the new turn, but not the first exchange
+    keep = tokenizer.render_for_completion({"messages": messages[2:]})
+    ids, dropped = history.prompt_for("last", context_len=len(keep) + 1)
+    assert dropped == 1 and ids == keep and len(ids) < len(keep) + 1
+    # the history itself was trimmed: the next turn builds on what is left
+    history.add_reply(tokenizer.encode("ok"))
+    ids, dropped = history.prompt_for("again", context_len=10_000)
+    assert dropped == 0 and ids[:len(keep)] == keep
+
+
+def test_chat_history_refuses_a_message_that_cannot_fit_and_keeps_the_rest(tokenizer):
+    history = ChatHistory(tokenizer)
+    history.prompt_for("hi")
+    history.add_reply(tokenizer.encode("hello"))
+    before = list(history.ids)
+    with pytest.raises(UserError, match="shorten it"):
+        history.prompt_for("word " * 200, context_len=50)
+    assert history.ids == before
 
 
 def test_stream_decoder_never_splits_a_character(tokenizer):

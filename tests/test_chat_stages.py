@@ -86,6 +86,21 @@ def test_chat_cli_answers_piped_input_and_exits_at_eof(chat_run):
     assert len(answer) == 1 and len(answer[0]) > len("Assistant: ")
 
 
+def test_chat_cli_long_conversations_lose_old_turns_not_the_session(chat_run):
+    long_turn = "the quick brown fox jumps over the lazy dog " * 12  # the tiny model reads 640 tokens
+    too_long = "abcdefghij" * 400
+    stdin = "\n".join([long_turn] * 8 + [too_long, "hello"]) + "\n"
+    result = run_cli(chat_run, ["-i", "sft", "-m", "4", "-t", "0"], stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "oldest exchange(s) dropped" in result.stdout
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: that message is") and "shorten it" in errors[0]
+    # every message but the one too long got an answer, the last one included
+    assert result.stdout.count("Assistant: ") == 9
+    assert result.stdout.rstrip().splitlines()[-2] == "User: hello"
+
+
 def test_chat_cli_one_shot_prompt_prints_an_answer(chat_run):
     result = run_cli(chat_run, ["-i", "sft", "-p", "hello", "-m", "12", "-t", "0"])
     assert result.returncode == 0, result.stderr
