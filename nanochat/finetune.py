@@ -68,6 +68,28 @@ def _positive(args, *names):
             raise UserError(f"--{name} must be at least 1")
 
 
+def make_chat_loader(stage, tokenizer, task, B, T, rt, state=None, repeat=True):
+    """The stage's batches: conversations packed into rows (mid) or one per row (sft)."""
+    loader_cls = PackedChatLoader if stage == "mid" else PaddedChatLoader
+    return loader_cls(tokenizer, task, B, T, rt.device, rt.rank, rt.world_size, state=state, repeat=repeat)
+
+
+def finetune_grad_accum(stage, config, B, T, world_size):
+    """Micro-batches per optimizer step, from the flags (config: the run's flags as a dict)."""
+    if stage == "mid":
+        return tr.grad_accum_steps(config["total_batch_size"], B, T, world_size)
+    per_step = B * world_size
+    if config["target_examples_per_step"] % per_step:
+        raise UserError(f"--target-examples-per-step {config['target_examples_per_step']} is not a multiple of "
+                        f"device batch x processes = {B} x {world_size}; use a multiple of {per_step}")
+    return config["target_examples_per_step"] // per_step
+
+
+def finetune_lr_multiplier(step, num_iterations, config):
+    """No warmup, then a linear warmdown over the last --warmdown-ratio of the steps."""
+    return tr.lr_multiplier(step, num_iterations, 0.0, config["warmdown_ratio"], config["final_lr_frac"])
+
+
 def run_finetune(args, stage):
     """Run one finetuning stage ('mid' or 'sft') with the parsed flags of add_finetune_args + the stage's own."""
     assert stage in PREVIOUS_STAGE
@@ -91,22 +113,14 @@ def run_finetune(args, stage):
            f"| val: {len(val_task):,}")
 
     B = args.device_batch_size
-    if stage == "mid":
-        grad_accum = tr.grad_accum_steps(args.total_batch_size, B, T, rt.world_size)
+    grad_accum = finetune_grad_accum(stage, user_config, B, T, rt.world_size)
 
-        def make_loader(task, state=None, repeat=True):
-            return PackedChatLoader(tokenizer, task, B, T, rt.device, rt.rank, rt.world_size, state=state, repeat=repeat)
+    def make_loader(task, state=None, repeat=True):
+        return make_chat_loader(stage, tokenizer, task, B, T, rt, state, repeat)
+    if stage == "mid":
         eval_steps = max(1, args.eval_tokens // (B * T * rt.world_size))
         batch_desc = f"{args.total_batch_size:,} tokens ({B} rows x {T} x {grad_accum} accumulation x {rt.world_size})"
     else:
-        per_step = B * rt.world_size
-        if args.target_examples_per_step % per_step:
-            raise UserError(f"--target-examples-per-step {args.target_examples_per_step} is not a multiple of "
-                            f"device batch x processes = {B} x {rt.world_size}; use a multiple of {per_step}")
-        grad_accum = args.target_examples_per_step // per_step
-
-        def make_loader(task, state=None, repeat=True):
-            return PaddedChatLoader(tokenizer, task, B, T, rt.device, rt.rank, rt.world_size, state=state, repeat=repeat)
         eval_steps = args.eval_steps
         batch_desc = f"{args.target_examples_per_step} conversations ({B} rows x {grad_accum} accumulation x {rt.world_size})"
 
@@ -163,7 +177,7 @@ def run_finetune(args, stage):
         }
 
     def lr_schedule(step):
-        return tr.lr_multiplier(step, num_iterations, 0.0, args.warmdown_ratio, args.final_lr_frac)
+        return finetune_lr_multiplier(step, num_iterations, user_config)
 
     train_loss, val_bpb = tr.run_training_steps(
         model=model, optimizer=optimizer, rt=rt, batches=iter(train_loader), loader=train_loader,

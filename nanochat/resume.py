@@ -342,20 +342,21 @@ def pick_replay_start(ckpt_dir, n_steps):
 
 
 def replay_steps(ckpt_dir, n_steps, from_step=None, device="cpu", on_step=None):
-    """Re-run n_steps optimizer steps from a checkpoint and compare with metrics.jsonl. Base runs only.
+    """Re-run n_steps optimizer steps from a checkpoint and compare with metrics.jsonl.
 
-    Each step is training.train_step, the same function scripts/base_train.py steps through;
-    tests compare the replayed losses against the logged ones."""
+    Works for the pretraining, midtraining and SFT stages. Each step is training.train_step, the
+    same function their scripts step through, fed by the same loader, restored to where the
+    checkpoint left it; tests compare the replayed losses against the logged ones."""
     from nanochat.common import compute_init
     from nanochat.gpt import GPTConfig, build_model
     from nanochat.tokenizer import get_tokenizer
-    from nanochat.dataloader import DataLoader
     if n_steps < 1:
         raise UserError("--replay needs a number of steps of at least 1")
     start = pick_replay_start(ckpt_dir, n_steps) if from_step is None else from_step
     meta = cm.read_meta(ckpt_dir, start)
-    if _stage_of(ckpt_dir, meta) != "base":
-        raise UserError("--replay re-runs pretraining steps; it supports base_checkpoints runs only")
+    stage = _stage_of(ckpt_dir, meta)
+    if stage not in ("base", "mid", "sft"):
+        raise UserError(f"--replay re-runs training steps of the base, mid and sft stages, not of {stage}")
     uc = meta.get("user_config") or {}
     if int(meta.get("world_size", 1) or 1) != 1:
         raise UserError("--replay runs in one process, but this run used several; its steps cannot be reproduced here")
@@ -369,16 +370,35 @@ def replay_steps(ckpt_dir, n_steps, from_step=None, device="cpu", on_step=None):
                                        scalar_lr=uc.get("scalar_lr", 0.5), weight_decay=uc.get("weight_decay", 0.0))
     meta, loader_state = tr.load_training_checkpoint(ckpt_dir, start, model, optimizer, rt)
     B, T = meta["device_batch_size"], meta["max_seq_len"]
-    loader = DataLoader(tokenizer, B, T, "train", rt.device, uc.get("data_dir"), state=loader_state)
-    batches = iter(loader)
-    grad_accum = tr.grad_accum_steps(meta["total_batch_size"], B, T, 1)
     num_iterations = meta["num_iterations"]
+    if stage == "base":
+        from nanochat.dataloader import DataLoader
+        loader = DataLoader(tokenizer, B, T, "train", rt.device, uc.get("data_dir"), state=loader_state)
+        grad_accum = tr.grad_accum_steps(meta["total_batch_size"], B, T, 1)
+
+        def lr_multiplier(step):
+            return tr.lr_multiplier(step, num_iterations, uc.get("warmup_ratio", 0.0), uc.get("warmdown_ratio", 0.4),
+                                    uc.get("final_lr_frac", 0.0))
+    else:
+        from nanochat.chat_data import build_mixture, OFFLINE_TASKS
+        from nanochat import finetune as ft
+        mixture = meta.get("task_mixture") or []
+        offline = uc.get("offline", False) or (bool(mixture) and mixture[0] in dict(OFFLINE_TASKS))
+        task, names = build_mixture(stage, "train", offline, uc["synthetic_size"], uc.get("custom_json"),
+                                    announce=False)
+        if meta.get("task_mixture") and names != meta["task_mixture"]:
+            raise UserError(f"the run trained on {', '.join(meta['task_mixture'])}, but here the mixture is "
+                            f"{', '.join(names)} (is the hub unreachable?); its steps cannot be reproduced here")
+        loader = ft.make_chat_loader(stage, tokenizer, task, B, T, rt, state=loader_state)
+        grad_accum = ft.finetune_grad_accum(stage, uc, B, T, 1)
+
+        def lr_multiplier(step):
+            return ft.finetune_lr_multiplier(step, num_iterations, uc)
+    batches = iter(loader)
     rows = []
     model.train()
     for step in range(start, min(start + n_steps, num_iterations)):
-        mult = tr.lr_multiplier(step, num_iterations, uc.get("warmup_ratio", 0.0), uc.get("warmdown_ratio", 0.4),
-                                uc.get("final_lr_frac", 0.0))
-        loss, _, _ = tr.train_step(model, optimizer, batches, grad_accum, rt, mult, step)
+        loss, _, _ = tr.train_step(model, optimizer, batches, grad_accum, rt, lr_multiplier(step), step)
         replayed = loss.item()
         rows.append((step + 1, logged.get(step + 1), replayed))
         if on_step:

@@ -3,6 +3,7 @@ exact SFT resume, and the chat CLI answering piped and one-shot prompts from the
 
 import os
 import sys
+import json
 import shutil
 import subprocess
 
@@ -116,3 +117,30 @@ def test_missing_source_checkpoint_is_a_one_line_error(tmp_path):
                             env=env, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "mid_checkpoints" in result.stderr
+
+
+def test_replay_reproduces_logged_sft_steps_exactly(chat_run):
+    from nanochat import resume as rs
+    cdir = cm.checkpoint_dir("sft", "d2", chat_run)
+    logged = {r["step"]: r["train_loss"] for r in cm.read_metrics(cdir)}
+    with base_dir_env(chat_run):
+        result = rs.replay_steps(cdir, 2)
+    assert result.from_step == 2 and [s for s, _, _ in result.rows] == [3, 4]
+    assert all(replayed == logged[s] for s, _, replayed in result.rows)  # bit-exact, not merely close
+    assert result.exact and result.weights_step == 4 and result.weights_equal is True
+
+
+def test_replay_refuses_a_finetuning_run_whose_mixture_cannot_be_rebuilt(chat_run, tmp_path):
+    from nanochat import resume as rs
+    from nanochat.common import UserError
+    base = tmp_path / "base"
+    shutil.copytree(chat_run, base)
+    cdir = cm.checkpoint_dir("sft", "d2", base)
+    meta_path = os.path.join(cdir, "meta_000002.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta["task_mixture"] = ["SmolTalk"] + meta["task_mixture"]  # as if the hub had answered
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    with base_dir_env(base), pytest.raises(UserError, match="cannot be reproduced here"):
+        rs.replay_steps(cdir, 2)

@@ -5,7 +5,8 @@ it is intact, see how far the run got, and get the exact command that continues 
 DIR is a checkpoint folder (e.g. ~/.cache/nanochat/base_checkpoints/d4) or a model tag (d4, base/d4).
 The resumed run is exact: it continues with the same data position, random state and optimizer
 moments, so its losses match an uninterrupted run step for step (on CPU, with the same thread
-count). `--verify --replay N` proves it on your run by re-running N logged steps.
+count). `--verify --replay N` proves it on your run by re-running N logged steps (base, mid and
+SFT runs).
 
 Exit codes: 0 fine, 1 a --verify check failed (or the replay differs), 2 bad input.
 """
