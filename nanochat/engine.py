@@ -119,8 +119,7 @@ def sample_next_token(logits, rng, temperature=1.0, top_k=None, top_p=None, min_
 
 def as_prompt_list(tokens):
     """One prompt (list of ids) or several (list of lists) -> a list of prompts."""
-    ok_one = isinstance(tokens, list) and tokens and isinstance(tokens[0], int)
-    if ok_one:
+    if isinstance(tokens, list) and tokens and isinstance(tokens[0], int):
         return [tokens]
     assert isinstance(tokens, list) and tokens and all(isinstance(p, list) and p and isinstance(p[0], int)
                                                        for p in tokens), "expected token ids or a list of them"

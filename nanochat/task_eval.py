@@ -155,8 +155,9 @@ def run_generative_eval(task, tokenizer, model, num_samples=1, max_new_tokens=25
     """Accuracy of sampled replies as judged by task.evaluate; a problem counts when any sample is right.
 
     batch_size problems decode together (num_samples rows each), which is several times faster
-    than one at a time on a CPU. Greedy results do not depend on it; sampled ones do, a little,
-    because the batch shares one random stream (seeded from seed and the batch's first index)."""
+    than one at a time on a CPU. Greedy replies are those of one-at-a-time decoding (up to float
+    rounding); sampled ones depend on it, because a batch shares one random stream (seeded from
+    seed and the batch's first index)."""
     import contextlib
     from nanochat.engine import Engine
     autocast = autocast or contextlib.nullcontext
@@ -164,8 +165,9 @@ def run_generative_eval(task, tokenizer, model, num_samples=1, max_new_tokens=25
     device = model.get_device()
     indices = list(_problem_indices(task, max_problems))
     correct, items = 0, []
-    for start in range(0, len(indices), max(1, batch_size)):
-        chunk = indices[start:start + max(1, batch_size)]
+    batch_size = max(1, batch_size)
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
         conversations = [task[i] for i in chunk]
         prompts = [tokenizer.render_for_completion(c) for c in conversations]
         with autocast():
