@@ -54,6 +54,7 @@ MAX_BODY_BYTES = 1_000_000      # far above what the limits above allow, far bel
 TEMPERATURE_RANGE = (0.0, 2.0)
 TOP_K_RANGE = (0, 200)          # 0 = no top-k filter
 MAX_TOKENS_RANGE = (1, 4096)
+MAX_STOP_STRINGS, MAX_STOP_CHARS = 4, 100   # OpenAI's "stop": up to 4 strings
 ROLES = ("system", "user", "assistant")
 
 # special tokens that may show up inside a reply (tool use), as readable text. The two stop
@@ -112,6 +113,7 @@ class ChatRequest:
     seed: int
     stream: bool
     include_usage: bool = False
+    stop: tuple = ()                    # the reply ends before the first of these strings
 
 
 def parse_json_body(raw):
@@ -198,7 +200,7 @@ def parse_chat_request(body, defaults):
     """Check a request body (dict) of either chat endpoint -> ChatRequest, or raise RequestError.
 
     OpenAI fields: messages, temperature, top_p, max_tokens (or max_completion_tokens), seed,
-    stream, stream_options.include_usage, n (only 1); plus top_k. Other fields are ignored, as
+    stream, stream_options.include_usage, stop, n (only 1); plus top_k. Other fields are ignored, as
     OpenAI clients send some (model, user, ...) that do not change what this server does."""
     messages = parse_messages(body.get("messages"))
     temperature = _number(body, "temperature", *TEMPERATURE_RANGE, defaults.temperature)
@@ -222,7 +224,22 @@ def parse_chat_request(body, defaults):
         raise RequestError(f"stream must be true or false, not {json.dumps(stream)}", param="stream")
     options = body.get("stream_options") or {}
     include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
-    return ChatRequest(messages, temperature, top_k, top_p, max_tokens, seed, stream, include_usage)
+    return ChatRequest(messages, temperature, top_k, top_p, max_tokens, seed, stream, include_usage,
+                       parse_stop(body.get("stop")))
+
+
+def parse_stop(stop):
+    """OpenAI's stop: null, a string, or a list of up to 4 strings -> a tuple of non-empty strings."""
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(x, str) and x for x in stops):
+        raise RequestError(f"stop must be a non-empty string or a list of them, not {json.dumps(stop)[:40]}",
+                           param="stop")
+    if len(stops) > MAX_STOP_STRINGS or any(len(x) > MAX_STOP_CHARS for x in stops):
+        raise RequestError(f"stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS} "
+                           "characters each", param="stop")
+    return tuple(stops)
 
 
 def fit_prompt(tokenizer, messages, context_len):
@@ -272,6 +289,33 @@ class Utf8StreamDecoder:
         return text
 
 
+class StopFilter:
+    """Cuts a streamed reply before the first stop string, even one split across pieces.
+
+    Text that could be the start of a stop string is held back until the next piece shows
+    whether it is; everything else passes through at once."""
+
+    def __init__(self, stops):
+        self.stops = stops
+        self.held = ""
+
+    def feed(self, text):
+        """(text that is safe to send now, whether a stop string was reached)."""
+        self.held += text
+        found = [i for i in (self.held.find(s) for s in self.stops) if i >= 0]
+        if found:
+            out, self.held = self.held[:min(found)], ""
+            return out, True
+        keep = max((k for s in self.stops for k in range(1, len(s)) if self.held.endswith(s[:k])), default=0)
+        out, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
+        return out, False
+
+    def flush(self):
+        """The text held back at the end of the reply: no stop string followed it."""
+        out, self.held = self.held, ""
+        return out
+
+
 # -----------------------------------------------------------------------------
 # workers and the pool
 
@@ -299,8 +343,9 @@ class Worker:
         at most one more forward pass. Returns (finish_reason, completion tokens)."""
         engine, tokenizer = self.engine, self.engine.tokenizer
         decoder = Utf8StreamDecoder(tokenizer)
+        stopper = StopFilter(request.stop)
         max_new = min(request.max_tokens, self.context_len - len(ids))
-        finish, n = "length", 0
+        finish, n, hit = "length", 0, False
         autocast = (torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
                     else nullcontext())
         with autocast:  # autocast is per thread, so it is entered here, not in the server
@@ -315,12 +360,18 @@ class Worker:
                     finish = "stop"
                     break
                 n += 1
-                text = decoder.feed(token)
+                text, hit = stopper.feed(decoder.feed(token))
                 if text:
                     emit(text)
-        tail = decoder.flush()
-        if tail:
-            emit(tail)
+                if hit:
+                    finish = "stop"
+                    break
+        if not hit:
+            text, hit = stopper.feed(decoder.flush())
+            text += "" if hit else stopper.flush()
+            finish = "stop" if hit else finish
+            if text:
+                emit(text)
         return finish, n
 
 

@@ -316,6 +316,40 @@ def test_streamed_text_of_random_bytes_equals_decoding_the_whole_reply(server, t
     assert split_seen, "no reply had a multi-byte character spread over tokens; the check proved nothing"
 
 
+def test_stop_strings_end_the_reply_before_them_streamed_or_not(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server + "/v1", api_key="none", max_retries=0, timeout=30)
+    kw = dict(model="nanochat", messages=USER, max_tokens=40, temperature=0.0)
+    text = client.chat.completions.create(**kw).choices[0].message.content
+    assert len(text) > 12
+    stop = text[8:11]  # a piece from the middle of the greedy reply (3 characters)
+    expected = text[:text.find(stop)]
+    cut = client.chat.completions.create(**kw, stop=[stop, "\u2603never"])
+    assert cut.choices[0].message.content == expected and cut.choices[0].finish_reason == "stop"
+    pieces, finish = [], None
+    for chunk in client.chat.completions.create(**kw, stop=stop, stream=True):
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == expected and finish == "stop"
+    # a stop string that never occurs changes nothing
+    same = client.chat.completions.create(**kw, stop="\u2603never")
+    assert same.choices[0].message.content == text
+
+
+def test_stop_filter_holds_back_only_what_could_start_a_stop_string():
+    from nanochat.web import StopFilter
+    f = StopFilter(("END", "xyz"))
+    assert f.feed("hello E") == ("hello ", False)        # "E" might begin "END"
+    assert f.feed("N") == ("", False)                     # "EN" still might
+    assert f.feed("Dless") == ("", True)                  # "END" arrived across three pieces
+    f = StopFilter(("END",))
+    assert f.feed("hello E") == ("hello ", False)
+    assert f.feed("ve") == ("Eve", False)                 # it was not a stop string after all
+    assert f.feed("E") == ("", False) and f.flush() == "E"
+    assert StopFilter(()).feed("anything") == ("anything", False)
+
+
 def test_readme_examples_work_against_the_server(server, capsys):
     """The curl and openai examples of the README's browser-chat section, run for real."""
     import re
@@ -399,6 +433,9 @@ BAD_REQUESTS = [
     ("top_p zero", {"messages": USER, "top_p": 0}, "top_p"),
     ("n above one", {"messages": USER, "n": 2}, "n is 2"),
     ("stream not bool", {"messages": USER, "stream": "yes"}, "stream"),
+    ("stop not text", {"messages": USER, "stop": 5}, "stop must be"),
+    ("stop empty", {"messages": USER, "stop": ""}, "stop must be"),
+    ("too many stops", {"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "at most 4"),
 ]
 
 
