@@ -27,6 +27,7 @@ run sees exactly the batches an uninterrupted run would have seen.
 import torch
 
 from nanochat.common import UserError, print0
+from nanochat.dataloader import BatchLoader
 
 
 def row_inputs_targets(ids, mask):
@@ -75,7 +76,7 @@ class _ConversationStream:
                 return index, ids, mask
 
 
-class PackedChatLoader:
+class PackedChatLoader(BatchLoader):
     """(B, T) rows of whole conversations packed by best fit; for midtraining."""
 
     def __init__(self, tokenizer, task, B, T, device="cpu", rank=0, world_size=1, buffer_size=16,
@@ -147,15 +148,8 @@ class PackedChatLoader:
             raise StopIteration
         return _to_device(inputs, self.device), _to_device(targets, self.device)
 
-    def __iter__(self):
-        while True:
-            try:
-                yield self.next_batch()
-            except StopIteration:
-                return
 
-
-class PaddedChatLoader:
+class PaddedChatLoader(BatchLoader):
     """One conversation per row, each batch padded to its longest row (at most max_seq_len); for SFT."""
 
     def __init__(self, tokenizer, task, B, max_seq_len, device="cpu", rank=0, world_size=1, state=None,
@@ -188,13 +182,6 @@ class PaddedChatLoader:
         inputs = [x + [self.pad] * (width - len(x)) for x, _ in rows]
         targets = [y + [-1] * (width - len(y)) for _, y in rows]
         return _to_device(inputs, self.device), _to_device(targets, self.device)
-
-    def __iter__(self):
-        while True:
-            try:
-                yield self.next_batch()
-            except StopIteration:
-                return
 
 
 def count_batches(loader_factory):

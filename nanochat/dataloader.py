@@ -23,7 +23,20 @@ from nanochat.dataset import list_data_files, split_files, iter_file_batches
 from nanochat.common import UserError
 
 
-class DataLoader:
+class BatchLoader:
+    """Iteration over next_batch() until it raises StopIteration; the pretraining and chat
+    loaders share it (each defines next_batch and state_dict)."""
+
+    def __iter__(self):
+        while True:
+            try:
+                batch = self.next_batch()
+            except StopIteration:
+                return
+            yield batch
+
+
+class DataLoader(BatchLoader):
 
     def __init__(self, tokenizer, B, T, split, device="cpu", data_dir=None, rank=0, world_size=1,
                  buffer_size=64, state=None, repeat=True):
@@ -152,10 +165,3 @@ class DataLoader:
                     targets.pin_memory().to(self.device, non_blocking=True))
         return inputs.to(self.device), targets.to(self.device)
 
-    def __iter__(self):
-        while True:
-            try:
-                batch = self.next_batch()
-            except StopIteration:
-                return
-            yield batch
