@@ -21,7 +21,7 @@ import json
 
 import torch
 
-from nanochat.common import get_base_dir, UserError, print0
+from nanochat.common import get_base_dir, use_base_dir, UserError, print0
 
 STAGE_DIRS = {
     "base": "base_checkpoints",
@@ -44,6 +44,11 @@ def stage_dir(source, base_dir=None):
 
 
 def checkpoint_dir(source, model_tag, base_dir=None):
+    """Folder of one run: <base dir>/<stage>_checkpoints/<model_tag>. A tag is a plain folder name,
+    so no tag can point outside the base dir."""
+    if not model_tag or model_tag in (".", "..") or "/" in model_tag or os.sep in model_tag or "\\" in model_tag:
+        raise UserError(f"model tag {model_tag!r} must be a plain folder name (like d4 or my_run), "
+                        f"without '/' or '..'")
     return os.path.join(stage_dir(source, base_dir), model_tag)
 
 
@@ -196,14 +201,12 @@ def clean_state_dict(state):
     return {k.removeprefix("_orig_mod."): v for k, v in state.items()}
 
 
-def build_model(ckpt_dir, step, device, phase="eval"):
+def load_model_from_dir(ckpt_dir, step, device, phase="eval"):
     """Rebuild the model of one checkpoint and the tokenizer. Returns (model, tokenizer, meta)."""
     from nanochat.gpt import GPT, GPTConfig
     from nanochat.tokenizer import get_tokenizer
     model_state, _, meta = load_checkpoint(ckpt_dir, step, device)
-    cfg = dict(meta["model_config"])
-    cfg.setdefault("window_pattern", "L")
-    config = GPTConfig(**{k: v for k, v in cfg.items() if k in GPTConfig.__dataclass_fields__})
+    config = GPTConfig.from_dict(meta["model_config"])
     with torch.device("meta"):
         model = GPT(config)
     model.to_empty(device=device)
@@ -225,25 +228,99 @@ def build_model(ckpt_dir, step, device, phase="eval"):
     return model, tokenizer, meta
 
 
+# -----------------------------------------------------------------------------
+# naming a checkpoint: one address and one rule for every script and tool
+#
+# A checkpoint is (stage, model tag, step) under a base dir. On a command line that is
+#     --source/-i STAGE   --model-tag/-g TAG   --step/-s STEP   --base-dir DIR
+# or, where a tool takes one word for it, [STAGE/]TAG[:STEP]: d4, sft/d4, d4:200, sft/d4:200.
+# The rule: a stage not given is the command's default stage (its --help says which); a tag not
+# given is the largest model of that stage; a step not given is its last complete checkpoint.
+
+def add_checkpoint_args(parser, default_source, short=True):
+    """The address flags, the same in every command that reads a checkpoint. `short` adds the
+    pipeline's short forms -i/-g/-s (off where a tool uses -i for --interactive)."""
+    def flags(letter, name):
+        return (f"-{letter}", name) if short else (name,)
+    parser.add_argument(*flags("i", "--source"), choices=list(STAGE_DIRS), default=default_source,
+                        help=f"stage to read: base|mid|sft|rl (default {default_source})")
+    parser.add_argument(*flags("g", "--model-tag"), type=str, default=None,
+                        help="model tag, e.g. d4 (default: the largest model of the stage)")
+    parser.add_argument(*flags("s", "--step"), "--model-step", dest="step", type=int, default=None,
+                        help="checkpoint step (default: the last complete one)")
+    parser.add_argument("--base-dir", type=str, default=None,
+                        help="where checkpoints and the tokenizer live (default $NANOCHAT_BASE_DIR or ~/.cache/nanochat)")
+
+
+def parse_address(name):
+    """'sft/d4:200' -> ('sft', 'd4', 200); the stage and the step may be None."""
+    m = re.fullmatch(r"(?:(\w+)/)?([^/:]+)(?::(\d+))?", str(name).strip())
+    if not m:
+        raise UserError(f"cannot read the checkpoint name '{name}': use TAG, STAGE/TAG or TAG:STEP (e.g. d4, sft/d4:200)")
+    source, tag, step = m.group(1), m.group(2), m.group(3)
+    if source is not None and source not in STAGE_DIRS:
+        raise UserError(f"unknown stage '{source}' in '{name}': use one of {', '.join(STAGE_DIRS)}")
+    return source, tag, (int(step) if step is not None else None)
+
+
 def resolve_checkpoint(source, model_tag=None, step=None, base_dir=None):
-    """(folder, model_tag, step) for a source, defaulting to the largest model and its last step."""
+    """(folder, model_tag, step) of one checkpoint, by the rule above. Unknown stages, tags and
+    steps are a UserError that lists what exists."""
     sdir = stage_dir(source, base_dir)
     if model_tag is None:
         model_tag = find_largest_model(sdir)
-    cdir = os.path.join(sdir, model_tag)
-    if not os.path.isdir(cdir):
+    cdir = checkpoint_dir(source, model_tag, base_dir)
+    if not list_steps(cdir):
+        elsewhere = [s for s in STAGE_DIRS if s != source and list_steps(checkpoint_dir(s, model_tag, base_dir))]
         tags = list_model_tags(sdir)
-        hint = f"available: {', '.join(tags)}" if tags else "this stage has no checkpoints yet"
-        raise UserError(f"unknown model tag '{model_tag}' for source '{source}' ({hint})")
+        hint = (f"it exists in {', '.join(elsewhere)}: say e.g. --source {elsewhere[0]} or {elsewhere[0]}/{model_tag}"
+                if elsewhere else f"{source} has: {', '.join(tags)}" if tags else f"stage {source} has no checkpoints yet")
+        raise UserError(f"no model tag '{model_tag}' in stage {source} ({hint})")
     if step is None:
         step = find_last_step(cdir)
+    elif step not in list_steps(cdir):
+        raise UserError(f"no step {step} for {source}/{model_tag} (steps: {', '.join(map(str, list_steps(cdir)))})")
     return cdir, model_tag, step
+
+
+def resolve_address(name, default_source, step=None, base_dir=None):
+    """(source, folder, model_tag, step) for one word [STAGE/]TAG[:STEP]; `step` is used when the word has none."""
+    source, tag, name_step = parse_address(name)
+    source = source or default_source
+    cdir, tag, step = resolve_checkpoint(source, tag, name_step if name_step is not None else step, base_dir)
+    return source, cdir, tag, step
+
+
+def checkpoint_from_args(args):
+    """(source, folder, model_tag, step) from the flags of add_checkpoint_args (applying --base-dir)."""
+    if args.base_dir:
+        use_base_dir(args.base_dir)
+    cdir, tag, step = resolve_checkpoint(args.source, args.model_tag, args.step)
+    return args.source, cdir, tag, step
+
+
+def find_run_dir(arg, default_source, base_dir=None):
+    """A run folder for the tools that read a whole run: a path to a checkpoint folder, or a name
+    [STAGE/]TAG by the rule above."""
+    path = os.path.expanduser(str(arg))
+    if os.path.isdir(path):
+        return os.path.abspath(path)
+    if os.path.exists(path):
+        raise UserError(f"{path} is a file; give a checkpoint folder such as ~/.cache/nanochat/base_checkpoints/d4")
+    if "/" in path and not re.fullmatch(r"\w+/[^/:]+", path):
+        raise UserError(f"no such folder: {arg}")
+    source, tag, _ = parse_address(path)
+    source = source or default_source
+    cdir = checkpoint_dir(source, tag, base_dir)
+    if not os.path.isdir(cdir):
+        resolve_checkpoint(source, tag, None, base_dir)  # raises with what exists
+    return cdir
 
 
 def load_model(source, device, phase="eval", model_tag=None, step=None, base_dir=None, verbose=True):
     """Load a model from a stage: returns (model, tokenizer, meta) and says what it loaded."""
     cdir, model_tag, step = resolve_checkpoint(source, model_tag, step, base_dir)
-    model, tokenizer, meta = build_model(cdir, step, device, phase)
+    model, tokenizer, meta = load_model_from_dir(cdir, step, device, phase)
     if verbose:
         print0(f"loaded {source} model {model_tag} step {step} from {cdir}")
     return model, tokenizer, meta

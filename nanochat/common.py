@@ -54,16 +54,35 @@ def error_message(exc):
     return "error: " + " ".join(message.split())
 
 
-def run_main(main):
-    """Run a script's `main()`: USER_ERRORS become one line on stderr and exit code 2, Ctrl-C 130."""
+def run_entry(main, argv=None):
+    """Run `main(argv)` and return its exit code instead of raising: the one error boundary of
+    every script and tool.
+
+    USER_ERRORS become 'error: ...' on one line of stderr and code 2; Ctrl-C is code 130; a closed
+    pipe (`| head`) ends quietly. Anything else is a bug and keeps its traceback."""
     try:
-        return main()
-    except USER_ERRORS as e:
-        print(error_message(e), file=sys.stderr)
-        sys.exit(2)
+        code = main(argv)
+        return code if isinstance(code, int) else 0
+    except SystemExit as e:  # argparse --help or a bad flag, or an explicit sys.exit in main
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`): point stdout at devnull so the final flush is quiet
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+    except USER_ERRORS as e:
+        print(error_message(e), file=sys.stderr)
+        return 2
+
+
+def run_main(main):
+    """The `if __name__ == "__main__":` line of every script and tool: run it and exit with its code."""
+    sys.exit(run_entry(main, sys.argv[1:]))
 
 
 # -----------------------------------------------------------------------------
@@ -76,6 +95,14 @@ def get_base_dir():
         base = os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
     os.makedirs(base, exist_ok=True)
     return base
+
+
+def use_base_dir(path):
+    """Make `path` the base dir of this process (a --base-dir flag): tokenizer, checkpoints and
+    report are all read from and written to it, exactly as with NANOCHAT_BASE_DIR=path."""
+    if not os.path.isdir(path):
+        raise UserError(f"--base-dir {path} is not a folder")
+    os.environ["NANOCHAT_BASE_DIR"] = os.path.abspath(path)
 
 
 def repo_root():
@@ -133,6 +160,12 @@ def resolve_device_type(device_type=""):
     if device_type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserError("--device-type mps was asked for but MPS is not available; use --device-type cpu")
     return device_type
+
+
+def add_device_arg(parser):
+    """The one device flag of every script and tool: --device-type (--device also works), autodetected."""
+    parser.add_argument("--device-type", "--device", dest="device_type", type=str, default="",
+                        help="cuda|cpu|mps (default: autodetect, cuda > mps > cpu)")
 
 
 def is_ddp():

@@ -22,6 +22,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanochat.common import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A model shape that cannot be built (from a flag or a damaged meta): one line for the user."""
+
 
 @dataclass
 class GPTConfig:
@@ -33,8 +39,34 @@ class GPTConfig:
     n_embd: int = 768
     window_pattern: str = "L"
 
+    def __post_init__(self):
+        # a bad shape is the user's to fix (a flag or a damaged meta): say which, in one line
+        for name in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"model config: {name} must be a positive whole number, not {value!r}")
+        if self.n_head % self.n_kv_head:
+            raise ConfigError(f"model config: n_kv_head {self.n_kv_head} must divide n_head {self.n_head} "
+                            f"(grouped-query attention shares each K/V head among n_head / n_kv_head heads)")
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"model config: n_embd {self.n_embd} must split into {self.n_head} heads of an even "
+                            f"size (rotary turns pairs of channels); check --head-dim")
+        if not isinstance(self.window_pattern, str) or not self.window_pattern \
+                or any(c not in "SL" for c in self.window_pattern.upper()):
+            raise ConfigError(f"model config: window pattern {self.window_pattern!r} may only contain S (half "
+                            f"context) and L (full context), e.g. SSSL")
+
     def to_dict(self):
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, cfg):
+        """A config from a checkpoint meta's model_config (keys this version does not know are ignored)."""
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"model config must be a JSON object, not {type(cfg).__name__}")
+        cfg = dict(cfg)
+        cfg.setdefault("window_pattern", "L")  # metas written before sliding windows existed
+        return cls(**{k: v for k, v in cfg.items() if k in cls.__dataclass_fields__})
 
 
 def config_from_depth(depth, vocab_size, sequence_len, aspect_ratio=64, head_dim=128,
@@ -62,9 +94,7 @@ def layer_window_sizes(config):
     """Attention window (in tokens) of each layer from the pattern: L = full context, S = half.
 
     The pattern repeats over the layers, and the last layer always sees the full context."""
-    pattern = (config.window_pattern or "L").upper()
-    if any(c not in "SL" for c in pattern):
-        raise ValueError(f"window pattern '{config.window_pattern}' may only contain S and L")
+    pattern = config.window_pattern.upper()  # checked by GPTConfig
     long_w = config.sequence_len
     short_w = max(1, config.sequence_len // 2)
     sizes = [long_w if pattern[i % len(pattern)] == "L" else short_w for i in range(config.n_layer)]

@@ -120,7 +120,7 @@ def test_missing_source_checkpoint_is_a_one_line_error(tmp_path):
 
 
 def test_replay_reproduces_logged_sft_steps_exactly(chat_run):
-    from nanochat import resume as rs
+    from tools.lib import resume as rs
     cdir = cm.checkpoint_dir("sft", "d2", chat_run)
     logged = {r["step"]: r["train_loss"] for r in cm.read_metrics(cdir)}
     with base_dir_env(chat_run):
@@ -131,7 +131,7 @@ def test_replay_reproduces_logged_sft_steps_exactly(chat_run):
 
 
 def test_replay_refuses_a_finetuning_run_whose_mixture_cannot_be_rebuilt(chat_run, tmp_path):
-    from nanochat import resume as rs
+    from tools.lib import resume as rs
     from nanochat.common import UserError
     base = tmp_path / "base"
     shutil.copytree(chat_run, base)

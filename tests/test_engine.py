@@ -114,7 +114,7 @@ def test_filters_apply_in_the_documented_order():
 def test_generation_trace_follows_tool_calls_like_the_engine(tiny_base_dir):
     from nanochat.tokenizer import get_tokenizer
     from nanochat.gpt import GPTConfig
-    from nanochat.generation_trace import trace_generation
+    from tools.lib.generation_trace import trace_generation
     tok = get_tokenizer()
     sp = tok.encode_special
     script = [sp("<|python_start|>"), *tok.encode("6*7"), sp("<|python_end|>"), sp("<|assistant_end|>")]

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from nanochat import termui as ui
-from nanochat import plotting
+from tools.lib import termui as ui
+from nanochat.common import run_entry
+from tools.lib import plotting
 from nanochat.common import UserError
 
 
@@ -69,12 +70,12 @@ def test_run_tool_turns_user_mistakes_into_one_line_and_exit_2(capsys):
     except json.JSONDecodeError as e:
         cases.append(e)
     for exc in cases:
-        assert ui.run_tool(raises(exc), []) == 2
+        assert run_entry(raises(exc), []) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
     # a programming error keeps its traceback
     with pytest.raises(ZeroDivisionError):
-        ui.run_tool(lambda argv: 1 / 0, [])
+        run_entry(lambda argv: 1 / 0, [])
 
 
 def test_bad_flag_is_one_line_and_help_shows_examples(capsys):
@@ -83,10 +84,10 @@ def test_bad_flag_is_one_line_and_help_shows_examples(capsys):
         p.add_argument("--n", type=int)
         p.parse_args(argv)
 
-    assert ui.run_tool(main, ["--n", "abc"]) == 2
+    assert run_entry(main, ["--n", "abc"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--n" in err
-    assert ui.run_tool(main, ["--help"]) == 0
+    assert run_entry(main, ["--help"]) == 0
     assert "examples:\n  python tools/x.py DIR" in capsys.readouterr().out
 
 
@@ -112,7 +113,7 @@ def test_saved_png_has_the_requested_pixel_size(tmp_path):
 
 
 def test_smoothing_is_debiased_and_never_rewrites_the_past():
-    from nanochat.metrics import smooth
+    from tools.lib.metrics import smooth
     values = [5.0, 4.0, 4.5, float("nan"), 3.0, 2.5]
     full = smooth(values, beta=0.9)
     for k in range(1, len(values)):

@@ -26,7 +26,7 @@ def tool(name):
 
 def run(name, argv, capsys):
     """Run a tool in-process like the command line does; returns (exit code, stdout, stderr)."""
-    from nanochat.termui import run_tool
+    from nanochat.common import run_entry as run_tool
     code = run_tool(tool(name).main, [str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
@@ -159,7 +159,7 @@ def test_dashboard_summary_matches_metas_and_metrics(run_dir, capsys):
 
 
 def test_dashboard_plot_csv_compare_and_watch(run_dir, capsys, tmp_path):
-    from nanochat.plotting import image_size
+    from tools.lib.plotting import image_size
     png = tmp_path / "dash.png"
     code, out, _ = run("training_dashboard", ["d2", "--plot", "--output", png, "--x", "tokens"], capsys)
     assert code == 0 and image_size(png) == (1200, 800) and png.stat().st_size > 20_000
@@ -174,7 +174,7 @@ def test_dashboard_plot_csv_compare_and_watch(run_dir, capsys, tmp_path):
 
 
 def test_diagnosis_finds_nan_spikes_and_plateau(tmp_path):
-    from nanochat import metrics as mx
+    from tools.lib import metrics as mx
     cdir = tmp_path / "run"
     cdir.mkdir()
     losses = [6.2] + [4.0] * 60
@@ -213,8 +213,8 @@ def upstream_base(tiny_run, tmp_path, monkeypatch):
 
 
 def test_upstream_folder_degrades_gracefully(upstream_base, capsys, tmp_path):
-    from nanochat.plotting import image_size
-    from nanochat import metrics as mx
+    from tools.lib.plotting import image_size
+    from tools.lib import metrics as mx
     run_dir = upstream_base / "base_checkpoints" / "d2"
     s = run_json("training_dashboard", [run_dir], capsys)
     assert s["origin"] == "meta files" and s["num_records"] == 3
@@ -243,7 +243,7 @@ def test_browser_list_and_inspect_match_the_files_and_the_model(run_dir, capsys)
     rows = run_json("checkpoint_browser", ["--list", "--sort", "val_bpb"], capsys)
     assert [r["step"] for r in rows] == sorted(cm.list_steps(run_dir),
                                                key=lambda s: json.load(open(cm.meta_path(run_dir, s)))["val_bpb"])
-    model, _, _ = cm.build_model(run_dir, 12, "cpu")
+    model, _, _ = cm.load_model_from_dir(run_dir, 12, "cpu")
     r12 = next(r for r in rows if r["step"] == 12)
     assert r12["num_params"] == model.num_params()
     assert r12["size_bytes"] == sum(os.path.getsize(p) for p in (cm.model_path(run_dir, 12), cm.meta_path(run_dir, 12),
@@ -268,7 +268,7 @@ def test_browser_compare_weights_and_prompt(run_dir, capsys):
     assert "step" in diffs and "val_bpb" in diffs and "model.n_layer" not in diffs
     tok = get_tokenizer()
     for side, step in (("a", 4), ("b", 12)):
-        model, _, _ = cm.build_model(run_dir, step, "cpu")
+        model, _, _ = cm.load_model_from_dir(run_dir, step, "cpu")
         ids = list(model.generate(tok.encode("To be", prepend="<|bos|>"), 5, temperature=0.0))
         assert out["samples"][side] == tok.decode(ids)
 
@@ -387,7 +387,7 @@ def test_calculator_matches_the_real_model_on_the_meta_device(depth, capsys):
 
 def test_calculator_cost_and_batch_suggestion(capsys):
     from nanochat.common import GPU_PEAK_FLOPS
-    from nanochat.model_calc import GPU_PRICE_PER_HOUR, memory_estimate, build_config
+    from tools.lib.model_calc import GPU_PRICE_PER_HOUR, memory_estimate, build_config
     data = run_json("model_calculator", ["--preset", "d20", "--batch-size", "32", "--seq-len", "2048",
                                          "--total-tokens", "20e9", "--gpu", "H100", "--num-gpus", "8"], capsys)
     p = data["plan"]

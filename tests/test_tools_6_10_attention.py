@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nanochat.gpt import GPTConfig, build_model
-from nanochat.attention_maps import attention_probs, pattern_scores, name_pattern, summarize_heads
+from tools.lib.attention_maps import attention_probs, pattern_scores, name_pattern, summarize_heads
 
 
 def random_model(window_pattern="SL"):
@@ -144,7 +144,7 @@ def run_tool(*args):
 def test_visualizer_shows_the_trained_models_real_attention_and_writes_a_heatmap(tiny_base_dir, tmp_path):
     import json
     from nanochat.checkpoint_manager import load_model
-    from nanochat.plotting import image_size
+    from tools.lib.plotting import image_size
     out = tmp_path / "att.png"
     r = run_tool("--text", "To be or not to be", "--all-layers", "--json", "--heatmap", "--output", out)
     assert r.returncode == 0, r.stderr

@@ -8,7 +8,7 @@ import torch
 
 from nanochat.checkpoint_manager import load_model
 from nanochat.engine import Engine
-from nanochat.generation_trace import (trace_generation, generate_with_settings, parse_force, entropy_bits,
+from tools.lib.generation_trace import (trace_generation, generate_with_settings, parse_force, entropy_bits,
                                        describe_filters, prompt_ids_for)
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from nanochat.tokenizer import get_tokenizer
-from nanochat.conversation_lint import lint_conversation
+from tools.lib.conversation_lint import lint_conversation
 
 CLEAN = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It's 4."},
          {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6."}]

@@ -12,8 +12,8 @@ import torch
 
 from nanochat import checkpoint_manager as cm
 from nanochat.training import lr_multiplier
-from nanochat.metrics import load_run
-from nanochat.lr_finder import range_test, classify_schedule, analyze_run, flags_for, spread_summary, LR_FLAGS
+from tools.lib.metrics import load_run
+from tools.lib.lr_finder import range_test, classify_schedule, analyze_run, flags_for, spread_summary, LR_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "lr_finder.py")

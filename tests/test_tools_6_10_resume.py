@@ -15,7 +15,7 @@ import torch
 
 from conftest import TINY_TRAIN_ARGS
 from nanochat import checkpoint_manager as cm
-from nanochat import resume as rs
+from tools.lib import resume as rs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "training_resume_helper.py")

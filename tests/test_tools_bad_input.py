@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from nanochat.common import repo_root
-from nanochat.termui import run_tool
+from nanochat.common import run_entry as run_tool
 
 CASES = [
     # tool                  case                  base       argv

@@ -16,10 +16,10 @@ import json
 
 import torch
 
-from nanochat.common import UserError, resolve_device_type
-from nanochat import termui as ui
+from nanochat.common import run_main, UserError, resolve_device_type
+from tools.lib import termui as ui
 from nanochat import checkpoint_manager as cm
-from nanochat import attention_maps as am
+from tools.lib import attention_maps as am
 
 EXAMPLES = [
     'python tools/attention_visualizer.py --text "Hello world" --layer 0',
@@ -87,7 +87,7 @@ def show_head_summary(summaries, T, has_repeats):
 
 def plot_heatmaps(panels, labels, output, title):
     """panels: [(title, (T, T) weights)] in one row or a grid."""
-    from nanochat import plotting
+    from tools.lib import plotting
     n = len(panels)
     ncols = min(n, 4)
     nrows = (n + ncols - 1) // ncols
@@ -180,4 +180,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    ui.tool_main(main)
+    run_main(main)

@@ -12,9 +12,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import json
 
-from nanochat.common import UserError, get_base_dir
-from nanochat import termui as ui
-from nanochat import checkpoint_inspect as ci
+from nanochat.common import run_main, UserError, get_base_dir
+from tools.lib import termui as ui
+from tools.lib import checkpoint_inspect as ci
 
 EXAMPLES = [
     "python tools/checkpoint_browser.py --list",
@@ -190,4 +190,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    ui.tool_main(main)
+    run_main(main)

@@ -19,10 +19,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import json
 
-from nanochat.common import UserError
-from nanochat import termui as ui
-from nanochat import token_inspect as ti
-from nanochat import conversation_lint as cl
+from nanochat.common import run_main, UserError
+from tools.lib import termui as ui
+from tools.lib import token_inspect as ti
+from tools.lib import conversation_lint as cl
 from nanochat.conversation_check import validate_conversation, conversation_messages
 from nanochat.calculator import use_calculator
 
@@ -337,4 +337,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    ui.tool_main(main)
+    run_main(main)

@@ -16,9 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import json
 
-from nanochat.common import UserError
-from nanochat import termui as ui
-from nanochat import dataset_inspect as di
+from nanochat.common import run_main, UserError
+from tools.lib import termui as ui
+from tools.lib import dataset_inspect as di
 
 EXAMPLES = [
     "python tools/dataset_inspector.py data.jsonl --samples 10",
@@ -183,4 +183,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    ui.tool_main(main)
+    run_main(main)

@@ -17,10 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import json
 
-from nanochat.common import UserError, resolve_device_type
-from nanochat import termui as ui
+from nanochat.common import run_main, UserError, resolve_device_type
+from tools.lib import termui as ui
 from nanochat import checkpoint_manager as cm
-from nanochat import generation_trace as gt
+from tools.lib import generation_trace as gt
 from nanochat.engine import Engine, FILTER_ORDER
 
 EXAMPLES = [
@@ -246,4 +246,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    ui.tool_main(main)
+    run_main(main)

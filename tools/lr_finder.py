@@ -19,10 +19,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import json
 import time
 
-from nanochat.common import UserError, resolve_device_type
-from nanochat import termui as ui
-from nanochat import metrics as mx
-from nanochat import lr_finder as lf
+from nanochat.common import run_main, UserError, resolve_device_type
+from tools.lib import termui as ui
+from tools.lib import metrics as mx
+from tools.lib import lr_finder as lf
 
 EXAMPLES = [
     "python tools/lr_finder.py ~/.cache/nanochat/base_checkpoints/d4        # analyse a run",
@@ -71,7 +71,7 @@ def parse_args(argv):
 # analysis
 
 def plot_analysis(history, analysis, output):
-    from nanochat import plotting
+    from tools.lib import plotting
     fig, axes = plotting.new_figure(1, 2, width=11, height=4.5, title=f"Learning rate of {history.name}")
     steps, lrs = history.series("lr")
     ax = axes[0][0]
@@ -148,8 +148,7 @@ def model_setup(args):
         meta = history.latest_meta
         if not meta:
             raise UserError(f"{history.path} has no checkpoint meta to take the model shape from")
-        cfg = {k: v for k, v in meta["model_config"].items() if k in GPTConfig.__dataclass_fields__}
-        config = GPTConfig(**cfg)
+        config = GPTConfig.from_dict(meta["model_config"])
         user = meta.get("user_config") or {}
         base.update({k: user[k] for k in lf.LR_FLAGS if mx.finite(user.get(k))})
         what = f"the shape of {history.name}"
@@ -168,7 +167,7 @@ def model_setup(args):
 
 
 def plot_range_test(curves, chosen, output):
-    from nanochat import plotting
+    from tools.lib import plotting
     fig, axes = plotting.new_figure(1, 1, width=9, height=5, title="Learning-rate range test")
     ax = axes[0][0]
     for i, c in enumerate(curves):
@@ -247,4 +246,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    ui.tool_main(main)
+    run_main(main)

@@ -13,9 +13,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import json
 from dataclasses import asdict
 
-from nanochat.common import UserError, GPU_PEAK_FLOPS, format_duration
-from nanochat import termui as ui
-from nanochat import model_calc as mc
+from nanochat.common import run_main, UserError, GPU_PEAK_FLOPS, format_duration
+from tools.lib import termui as ui
+from tools.lib import model_calc as mc
 
 EXAMPLES = [
     "python tools/model_calculator.py --preset d20",
@@ -197,4 +197,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    ui.tool_main(main)
+    run_main(main)

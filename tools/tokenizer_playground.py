@@ -13,9 +13,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import json
 from dataclasses import asdict
 
-from nanochat.common import UserError
-from nanochat import termui as ui
-from nanochat import token_inspect as ti
+from nanochat.common import run_main, UserError
+from tools.lib import termui as ui
+from tools.lib import token_inspect as ti
 
 EXAMPLES = [
     'python tools/tokenizer_playground.py "Hello world!"',
@@ -233,4 +233,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    ui.tool_main(main)
+    run_main(main)

@@ -16,9 +16,9 @@ import json
 import time
 import argparse
 
-from nanochat.common import UserError
-from nanochat import termui as ui
-from nanochat import metrics as mx
+from nanochat.common import run_main, UserError
+from tools.lib import termui as ui
+from tools.lib import metrics as mx
 
 EXAMPLES = [
     "python tools/training_dashboard.py ~/.cache/nanochat/base_checkpoints/d4          # summary + diagnosis",
@@ -186,4 +186,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    ui.tool_main(main)
+    run_main(main)

@@ -17,10 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import json
 
-from nanochat.common import UserError, format_duration
-from nanochat import termui as ui
-from nanochat import metrics as mx
-from nanochat import resume as rs
+from nanochat.common import run_main, UserError, format_duration
+from tools.lib import termui as ui
+from tools.lib import metrics as mx
+from tools.lib import resume as rs
 from nanochat import checkpoint_manager as cm
 
 EXAMPLES = [
@@ -163,4 +163,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    ui.tool_main(main)
+    run_main(main)

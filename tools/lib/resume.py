@@ -126,11 +126,8 @@ def verify_checkpoint(ckpt_dir, step):
     # weights vs the config in the meta
     expected = None
     try:
-        cfg = dict(meta["model_config"])
-        cfg.setdefault("window_pattern", "L")
         with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in GPT(GPTConfig(**{k: v for k, v in cfg.items()
-                                                                       if k in GPTConfig.__dataclass_fields__})).state_dict().items()}
+            expected = {k: tuple(v.shape) for k, v in GPT(GPTConfig.from_dict(meta["model_config"])).state_dict().items()}
     except Exception as e:
         checks.append(Check("config", False, f"the meta's model_config does not build a model ({e})"))
     if state is not None and expected is not None:
@@ -363,8 +360,7 @@ def replay_steps(ckpt_dir, n_steps, from_step=None, device="cpu", on_step=None):
     logged = {r["step"]: r["train_loss"] for r in cm.read_metrics(ckpt_dir) if "train_loss" in r}
     rt = compute_init(device, seed=uc.get("seed", 42))
     tokenizer = get_tokenizer()
-    cfg = {k: v for k, v in meta["model_config"].items() if k in GPTConfig.__dataclass_fields__}
-    model = build_model(GPTConfig(**cfg), rt.device)
+    model = build_model(GPTConfig.from_dict(meta["model_config"]), rt.device)
     optimizer = model.setup_optimizers(unembedding_lr=uc.get("unembedding_lr", 0.004),
                                        embedding_lr=uc.get("embedding_lr", 0.2), matrix_lr=uc.get("matrix_lr", 0.02),
                                        scalar_lr=uc.get("scalar_lr", 0.5), weight_decay=uc.get("weight_decay", 0.0))

@@ -3,7 +3,7 @@ Learning rates: what a finished run's schedule was and how it went, and a Leslie
 that measures which learning rate suits this architecture on the real data.
 
 Pipeline position: before (range test) and after (analysis) a training run; tools/lr_finder.py
-prints and plots what these functions compute. Runs are read through nanochat.metrics.load_run.
+prints and plots what these functions compute. Runs are read through tools.lib.metrics.load_run.
 
 The range test (L. Smith, "Cyclical Learning Rates for Training Neural Networks", 2017): train a
 fresh model for N steps while the learning rate grows exponentially from tiny to huge. The loss
@@ -29,7 +29,7 @@ import torch
 
 from nanochat.common import UserError
 from nanochat.training import EMA, apply_lr
-from nanochat.metrics import finite, find_spikes, smooth
+from tools.lib.metrics import finite, find_spikes, smooth
 
 # the learning-rate flags of the training scripts and base_train's defaults
 LR_FLAGS = {"matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar_lr": 0.5}

@@ -5,7 +5,7 @@ way to save a PNG to the path given with --output.
 Pipeline position: like termui.py, the last step of a tool. Works without a display (servers,
 CI, SSH sessions) because the Agg backend is selected before pyplot is imported.
 
-    from nanochat import plotting
+    from tools.lib import plotting
     fig, axes = plotting.new_figure(nrows=2, ncols=2, title="Run d4")
     ax = axes[0][0]
     ax.plot(steps, loss, color=plotting.color(0), label="train loss")

@@ -65,9 +65,9 @@ class CheckpointInfo:
         if not cfg:
             return None
         from nanochat.gpt import GPTConfig
-        from nanochat.model_calc import total_params
+        from tools.lib.model_calc import total_params
         try:
-            return total_params(GPTConfig(**{k: v for k, v in cfg.items() if k in GPTConfig.__dataclass_fields__}))
+            return total_params(GPTConfig.from_dict(cfg))
         except (TypeError, ValueError, ZeroDivisionError):
             return None
 
@@ -222,7 +222,7 @@ def inspect(ckpt_dir, step):
         cfg.setdefault("window_pattern", "L")
         try:
             with torch.device("meta"):
-                model = GPT(GPTConfig(**{k: v for k, v in cfg.items() if k in GPTConfig.__dataclass_fields__}))
+                model = GPT(GPTConfig.from_dict(cfg))
             expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
             got = {k: tuple(v.shape) for k, v in state.items()}
             missing = sorted(set(expected) - set(got))
@@ -306,7 +306,7 @@ def weight_changes(dir_a, step_a, dir_b, step_b):
 def greedy_decode(ckpt_dir, step, prompt, max_tokens=32, device="cpu"):
     """The greedy (temperature 0) continuation of `prompt` by one checkpoint, as text."""
     import torch
-    model, tokenizer, _ = cm.build_model(ckpt_dir, step, device, "eval")
+    model, tokenizer, _ = cm.load_model_from_dir(ckpt_dir, step, device, "eval")
     ids = tokenizer.encode(prompt, prepend="<|bos|>")
     with torch.no_grad():
         out = list(model.generate(ids, max_tokens, temperature=0.0))

@@ -426,7 +426,7 @@ def diagnose(history):
 def plot_runs(histories, output, x="step"):
     """The dashboard figure for one or more runs (overlaid): loss raw + smoothed, val bpb, LR
     schedule, tokens/s. Panels without data say what is missing. Returns the PNG path."""
-    from nanochat import plotting
+    from tools.lib import plotting
     xlabel = X_AXES[x][1]
     title = histories[0].name if len(histories) == 1 else " vs ".join(h.name for h in histories)
     fig, axes = plotting.new_figure(2, 2, width=12, height=8, title=f"Training run: {title}")

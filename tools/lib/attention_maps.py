@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from nanochat.gpt import attention_mask
-from nanochat.token_inspect import visible
+from tools.lib.token_inspect import visible
 
 PATTERNS = ("previous_token", "first_token", "induction", "self")
 PATTERN_LABELS = {"previous_token": "previous-token", "first_token": "first-token sink",
@@ -156,10 +156,10 @@ def select_head(probs, head=None):
 
 def attention_across_steps(ckpt_dir, steps, ids, layer, head, device="cpu"):
     """{step: (T, T) weights of one head (or the head average)} for several checkpoints of a run."""
-    from nanochat.checkpoint_manager import build_model
+    from nanochat.checkpoint_manager import load_model_from_dir
     out = {}
     for step in steps:
-        model, _, _ = build_model(ckpt_dir, step, device)
+        model, _, _ = load_model_from_dir(ckpt_dir, step, device)
         out[step] = select_head(attention_probs(model, ids, [layer])[layer], head)
     return out
 

@@ -9,7 +9,7 @@ Colour is on only when the stream is a terminal and NO_COLOR is unset (https://n
 FORCE_COLOR=1 turns it on anyway (handy to look at colours through `less -R`). Everything else
 (tables, bars) works the same in colour and in plain text, so piped output stays readable.
 
-    from nanochat import termui as ui
+    from tools.lib import termui as ui
     print(ui.heading("Summary"))
     print(ui.table([["d2", 12, 1.234]], headers=["tag", "step", "val bpb"]))
     print(ui.style("best", "green", "bold"), ui.bar(0.4, width=20))
@@ -27,7 +27,7 @@ import time
 import argparse
 import unicodedata
 
-from nanochat.common import UserError, USER_ERRORS, error_message
+from nanochat.common import UserError
 
 # -----------------------------------------------------------------------------
 # colour
@@ -296,34 +296,3 @@ def make_parser(description, examples=(), prog=None):
     epilog = ("examples:\n" + "\n".join(f"  {e}" for e in examples)) if examples else None
     return ToolArgumentParser(prog=prog, description=description, epilog=epilog,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def run_tool(main, argv=None):
-    """Run `main(argv)` and return the exit code instead of raising.
-
-    UserError, unreadable files, bad UTF-8 and bad JSON become 'error: ...' on one line of stderr
-    and code 2; Ctrl-C is code 130; a closed pipe (`| head`) ends quietly. Anything else is a bug
-    and keeps its traceback."""
-    try:
-        code = main(argv)
-        return 0 if code is None else int(code)
-    except SystemExit as e:  # argparse --help, or an explicit sys.exit in main
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # the reader went away (e.g. `| head`): point stdout at devnull so the final flush is quiet
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return 0
-    except USER_ERRORS as e:
-        print(error_message(e), file=sys.stderr)
-        return 2
-
-
-def tool_main(main):
-    """The `if __name__ == "__main__":` line of every tool: run it and exit with its code."""
-    sys.exit(run_tool(main, sys.argv[1:]))
