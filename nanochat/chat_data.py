@@ -1,9 +1,9 @@
 """
 Chat training data: task conversations -> token rows with loss only on what the assistant says.
 
-Pipeline position: scripts/mid_train.py and scripts/chat_sft.py draw conversations from a task
-mixture (tasks/) and turn them into (inputs, targets) batches here; the tokenizer's
-render_conversation supplies the ids and the mask (1 = a token the assistant writes).
+Pipeline position: the finetuning loop (scripts/chat_finetune.py, for mid_train and chat_sft)
+hands in a task mixture (tasks/mixtures.py) and draws (inputs, targets) batches from it here; the
+tokenizer's render_conversation supplies the ids and the mask (1 = a token the assistant writes).
 
 From a conversation to a training row: render -> ids, mask. The model reads ids[:-1] and is asked
 for ids[1:]; where mask[1:] is 0 (the user's words, special tokens around them, tool output,
@@ -26,7 +26,7 @@ run sees exactly the batches an uninterrupted run would have seen.
 
 import torch
 
-from nanochat.common import UserError, print0
+from nanochat.common import UserError
 from nanochat.dataloader import BatchLoader
 
 
@@ -184,140 +184,13 @@ class PaddedChatLoader(BatchLoader):
         return _to_device(inputs, self.device), _to_device(targets, self.device)
 
 
+def make_chat_loader(stage, tokenizer, task, B, T, rt, state=None, repeat=True):
+    """The batches of a finetuning stage: conversations packed into rows (mid) or one per row (sft).
+    rt: the Runtime (device and this process's rank among world_size)."""
+    loader_cls = PackedChatLoader if stage == "mid" else PaddedChatLoader
+    return loader_cls(tokenizer, task, B, T, rt.device, rt.rank, rt.world_size, state=state, repeat=repeat)
+
+
 def count_batches(loader_factory):
     """How many batches one pass of a loader gives (renders the whole split once)."""
     return sum(1 for _ in loader_factory())
-
-
-# -----------------------------------------------------------------------------
-# the default mixtures
-
-# (task name, train size for synthetic tasks); listing a task twice doubles its weight
-HUB_MIXTURES = {
-    "mid": ["SmolTalk", "MMLU", "GSM8K"],
-    "sft": ["ARC-Easy", "ARC-Challenge", "GSM8K", "SmolTalk"],
-}
-HUB_VAL = {
-    "mid": ["SmolTalk", "MMLU", "GSM8K"],
-    "sft": ["SmolTalk"],
-}
-# what every stage also trains on, hub or not: all synthetic, all offline
-# the offline tasks and their share of --synthetic-size: just a few two-step word problems, enough
-# to show the format but not to master it (that is left for RL to practise)
-OFFLINE_TASKS = [("Identity", 1), ("SpellingBee", 1), ("SimpleSpelling", 1), ("Arithmetic", 1),
-                 ("TwoStepArithmetic", 1 / 8)]
-HUB_SLICES = {("sft", "SmolTalk", "train"): 10_000, ("mid", "MMLU", "test"): 2_000,
-              ("mid", "GSM8K", "test"): 1_000, ("mid", "SmolTalk", "test"): 5_000}
-
-
-def build_mixture(stage, split, offline=False, synthetic_size=1000, custom_json=None, announce=True):
-    """The task mixture of a stage ('mid' or 'sft') for 'train' or 'val'.
-
-    Online: the hub tasks of the stage plus the offline synthetic tasks. When the hub cannot be
-    reached (or offline=True) only the offline tasks, plus the user's --custom-json file.
-    synthetic_size: examples per synthetic task (a tenth of it for the val split).
-    Returns (TaskMixture, list of task names)."""
-    from tasks import get_task
-    from tasks.common import TaskMixture
-    from tasks.hub import TaskUnavailable
-    assert stage in ("mid", "sft") and split in ("train", "val")
-    task_split = "train" if split == "train" else "test"
-    tasks, names = [], []
-    if not offline:
-        try:
-            for name in (HUB_MIXTURES if split == "train" else HUB_VAL)[stage]:
-                stop = HUB_SLICES.get((stage, name, task_split))
-                tasks.append(get_task(name, task_split, **({"stop": stop} if stop else {})))
-                names.append(name)
-        except TaskUnavailable as e:
-            tasks, names = [], []
-            if announce:
-                print0(f"note: hub tasks unavailable ({str(e).split(';')[0]}); training on the offline tasks only")
-    size = synthetic_size if split == "train" else max(1, synthetic_size // 10)
-    for name, share in OFFLINE_TASKS:
-        tasks.append(get_task(name, task_split, size=max(1, int(size * share))))
-        names.append(name)
-    if custom_json:
-        from tasks.customjson import CustomJSON
-        custom = CustomJSON(custom_json)
-        if split == "val":  # no held-out file: validate on the first 10% (still seen in training)
-            custom = CustomJSON(custom_json, stop=max(1, len(custom) // 10))
-        tasks.append(custom)
-        names.append("CustomJSON")
-    return TaskMixture(tasks), names
-
-
-# -----------------------------------------------------------------------------
-# a live conversation (chat_cli): its token history and UTF-8-safe streaming of the reply
-
-class ChatHistory:
-    """The token ids of a conversation so far, in the exact format render_conversation produces.
-
-    Kept as tokens, not text: a reply with a tool call (<|python_start|> ...) must go back to the
-    model as those special tokens, which re-encoding its decoded text would not give."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.sp = tokenizer.encode_special
-        self.clear()
-
-    def clear(self):
-        self.ids = [self.tokenizer.get_bos_token_id()]
-        self.turn_starts = []  # where each user turn begins in self.ids
-
-    def prompt_for(self, user_text, context_len=None):
-        """Add a user turn and return (ids ending with <|assistant_start|>, the model's cue; the
-        number of earlier exchanges dropped).
-
-        With context_len, the oldest user/assistant exchanges are dropped until the prompt leaves
-        room for at least one new token (the web server's rule too). A message that does not fit
-        even alone raises UserError and leaves the history as it was."""
-        turn = [self.sp("<|user_start|>"), *self.tokenizer.encode(user_text), self.sp("<|user_end|>"),
-                self.sp("<|assistant_start|>")]
-        if context_len is not None and 1 + len(turn) >= context_len:
-            raise UserError(f"that message is {len(turn):,} tokens; this model reads at most {context_len - 1:,}, "
-                            "so shorten it")
-        self.turn_starts.append(len(self.ids))
-        self.ids += turn
-        dropped = 0
-        while context_len is not None and len(self.ids) >= context_len:
-            cut = self.turn_starts[1]  # keep <|bos|>, drop everything before the second turn
-            self.ids = self.ids[:1] + self.ids[cut:]
-            self.turn_starts = [start - cut + 1 for start in self.turn_starts[1:]]
-            dropped += 1
-        return list(self.ids), dropped
-
-    def add_reply(self, reply_ids):
-        """Close the assistant's turn with its tokens (any terminal token already stripped)."""
-        self.ids += list(reply_ids) + [self.sp("<|assistant_end|>")]
-
-
-class StreamDecoder:
-    """Turns a reply's tokens into text pieces as they arrive, never splitting a character.
-
-    A token can hold half of a multi-byte character (an emoji is 4 bytes, often 2 tokens).
-    Decoding the tokens so far and holding back a trailing U+FFFD (the mark of a cut-off
-    character) until the next token completes it prints every character exactly once."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids = []
-        self.emitted = 0  # characters already handed out
-
-    def add(self, token_id):
-        """The new text this token completes ('' when it only starts a character)."""
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids)
-        end = len(text)
-        while end > self.emitted and text[end - 1] == "\ufffd":
-            end -= 1
-        piece = text[self.emitted:end]
-        self.emitted = end
-        return piece
-
-    def flush(self):
-        """Whatever is left at the end (a character that never completed shows as U+FFFD)."""
-        text = self.tokenizer.decode(self.ids)
-        piece = text[self.emitted:]
-        self.emitted = len(text)
-        return piece

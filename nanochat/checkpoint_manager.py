@@ -275,7 +275,7 @@ def resolve_checkpoint(source, model_tag=None, step=None, base_dir=None):
         tags = list_model_tags(sdir)
         hint = (f"it exists in {', '.join(elsewhere)}: say e.g. --source {elsewhere[0]} or {elsewhere[0]}/{model_tag}"
                 if elsewhere else f"{source} has: {', '.join(tags)}" if tags else f"stage {source} has no checkpoints yet")
-        raise UserError(f"no model tag '{model_tag}' in stage {source} ({hint})")
+        raise UserError(f"unknown model tag '{model_tag}' in stage {source} ({hint})")
     if step is None:
         step = find_last_step(cdir)
     elif step not in list_steps(cdir):
@@ -297,6 +297,16 @@ def checkpoint_from_args(args):
         use_base_dir(args.base_dir)
     cdir, tag, step = resolve_checkpoint(args.source, args.model_tag, args.step)
     return args.source, cdir, tag, step
+
+
+def run_dir_from_args(args, name=None):
+    """The run folder of a tool that reads a whole run: `name` (a folder, or [STAGE/]TAG) when
+    given, else the address flags (a folder may hold only metrics.jsonl while its run starts)."""
+    if args.base_dir:
+        use_base_dir(args.base_dir)
+    if name is None and args.model_tag is None:
+        return checkpoint_from_args(args)[1]
+    return find_run_dir(name if name is not None else f"{args.source}/{args.model_tag}", args.source)
 
 
 def find_run_dir(arg, default_source, base_dir=None):
@@ -324,6 +334,13 @@ def load_model(source, device, phase="eval", model_tag=None, step=None, base_dir
     if verbose:
         print0(f"loaded {source} model {model_tag} step {step} from {cdir}")
     return model, tokenizer, meta
+
+
+def load_model_from_args(args, device, phase="eval", verbose=True):
+    """load_model for the flags of add_checkpoint_args: (model, tokenizer, meta, (source, tag, step))."""
+    source, _, tag, step = checkpoint_from_args(args)
+    model, tokenizer, meta = load_model(source, device, phase, tag, step, verbose=verbose)
+    return model, tokenizer, meta, (source, tag, step)
 
 
 # -----------------------------------------------------------------------------

@@ -18,14 +18,10 @@ Generation is CPU-bound Python, so it must not run on the event loop: each worke
 /health and to notice a client that went away; then a flag tells the thread to stop after the
 current token, and the worker goes back to the pool as soon as the thread returns.
 
-Tokens are not characters: a byte-level BPE token can hold half of a UTF-8 character (most emoji
-and CJK characters span several tokens). Utf8StreamDecoder feeds the tokens' bytes to an
-incremental UTF-8 decoder, which holds back an unfinished character until its last byte arrives,
-so no streamed piece ever contains half a character.
+Prompt trimming and UTF-8-safe streaming are shared with the terminal chat (nanochat/chat.py).
 """
 
 import asyncio
-import codecs
 import json
 import logging
 import math
@@ -41,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nanochat.common import UserError
+from nanochat import chat
 
 log = logging.getLogger("uvicorn.error")  # shows up in the server's own log output
 
@@ -56,16 +53,6 @@ TOP_K_RANGE = (0, 200)          # 0 = no top-k filter
 MAX_TOKENS_RANGE = (1, 4096)
 MAX_STOP_STRINGS, MAX_STOP_CHARS = 4, 100   # OpenAI's "stop": up to 4 strings
 ROLES = ("system", "user", "assistant")
-
-# special tokens that may show up inside a reply (tool use), as readable text. The two stop
-# tokens (<|assistant_end|>, <|bos|>) end the reply; any other special token is dropped.
-TOOL_TOKEN_TEXT = {
-    "<|python_start|>": "[python: ",
-    "<|python_end|>": "]",
-    "<|output_start|>": " = ",
-    "<|output_end|>": "",
-}
-
 
 class RequestError(Exception):
     """A request the server refuses: HTTP status, a sentence for the client, the field at fault."""
@@ -243,50 +230,11 @@ def parse_stop(stop):
 
 
 def fit_prompt(tokenizer, messages, context_len):
-    """Prompt ids for the next assistant reply, within the model's context.
-
-    When the conversation is too long, the oldest user/assistant exchanges are dropped (a system
-    message stays) until the prompt leaves room for at least one new token.
-    Returns (ids, number of messages dropped)."""
-    system = [messages[0]] if messages[0]["role"] == "system" else []
-    turns = messages[len(system):]
-    dropped = 0
-    while True:
-        ids = tokenizer.render_for_completion({"messages": system + turns})
-        if len(ids) < context_len:
-            return ids, dropped
-        if len(turns) <= 1:
-            raise RequestError(f"the last message alone is {len(ids):,} tokens; this model reads at most "
-                               f"{context_len - 1:,}, so shorten it", param=f"messages[{len(messages) - 1}].content")
-        turns = turns[2:]
-        dropped += 2
-
-
-# -----------------------------------------------------------------------------
-# UTF-8-safe streaming
-
-class Utf8StreamDecoder:
-    """Token ids in, text out, one token at a time, never cutting a UTF-8 character in two.
-
-    Bytes that can never form a character come out as U+FFFD (as tokenizer.decode does)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self._bytes = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._special_text = {tokenizer.encode_special(name): text for name, text in TOOL_TOKEN_TEXT.items()}
-
-    def feed(self, token_id):
-        """The text that is complete after this token ('' while a character is unfinished)."""
-        if self.tokenizer.is_special(token_id):
-            # a special token interrupts a half-done character: what is held back is broken
-            return self.flush() + self._special_text.get(token_id, "")
-        return self._bytes.decode(self.tokenizer.token_to_bytes(token_id))
-
-    def flush(self):
-        """Whatever is held back, at the end of the reply (U+FFFD if a character was left unfinished)."""
-        text = self._bytes.decode(b"", final=True)
-        self._bytes.reset()
-        return text
+    """chat.fit_prompt (the one trimming rule), with a message that cannot fit as a 400 naming it."""
+    try:
+        return chat.fit_prompt(tokenizer, messages, context_len)
+    except chat.PromptTooLong as e:
+        raise RequestError(str(e), param=f"messages[{len(messages) - 1}].content")
 
 
 class StopFilter:
@@ -342,7 +290,7 @@ class Worker:
         Checks `stop` (a threading.Event) before each token, so a client that goes away costs
         at most one more forward pass. Returns (finish_reason, completion tokens)."""
         engine, tokenizer = self.engine, self.engine.tokenizer
-        decoder = Utf8StreamDecoder(tokenizer)
+        decoder = chat.StreamDecoder(tokenizer)
         stopper = StopFilter(request.stop)
         max_new = min(request.max_tokens, self.context_len - len(ids))
         finish, n, hit = "length", 0, False
@@ -360,7 +308,7 @@ class Worker:
                     finish = "stop"
                     break
                 n += 1
-                text, hit = stopper.feed(decoder.feed(token))
+                text, hit = stopper.feed(decoder.add(token))
                 if text:
                     emit(text)
                 if hit:
@@ -575,7 +523,7 @@ def load_workers(source, device_type, num_workers=None, model_tag=None, step=Non
     workers, meta = [], None
     for i, device in enumerate(devices):
         model, tokenizer, meta = load_model(source, device, phase="eval", model_tag=tag, step=step, verbose=(i == 0))
-        workers.append(Worker(i, device, Engine(model, tokenizer), context_len=model.cos.size(1)))
+        workers.append(Worker(i, device, Engine(model, tokenizer), context_len=chat.context_length(model)))
     return workers, f"nanochat-{source}-{tag}-step{step}", meta
 
 

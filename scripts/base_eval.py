@@ -19,8 +19,8 @@ import csv
 import time
 import argparse
 
-from nanochat.common import compute_init, compute_cleanup, print0, run_main, UserError, get_base_dir
-from nanochat.checkpoint_manager import load_model, resolve_checkpoint
+from nanochat.common import compute_init, compute_cleanup, print0, run_main, UserError, get_base_dir, add_device_arg
+from nanochat.checkpoint_manager import add_checkpoint_args, load_model_from_args
 from nanochat.core_eval import get_bundle, evaluate_core
 from nanochat.loss_eval import evaluate_split_bpb
 from nanochat.tokenizer import get_token_bytes
@@ -32,10 +32,8 @@ EVALS = ("core", "bpb", "sample")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--eval", default="core,bpb,sample", help="comma-separated: core, bpb, sample")
-    p.add_argument("--source", default="base", help="which stage's checkpoint: base|mid|sft|rl (default base)")
-    p.add_argument("-g", "--model-tag", default=None, help="model tag (default: the largest)")
-    p.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the last)")
-    p.add_argument("--device-type", default="", help="cuda|cpu|mps (empty: autodetect)")
+    add_checkpoint_args(p, "base")
+    add_device_arg(p)
     p.add_argument("--max-per-task", type=int, default=-1, help="items per CORE task (-1: all)")
     p.add_argument("--tasks", default="", help="comma-separated CORE task labels (default: all 22)")
     p.add_argument("--bundle-dir", default=None, help="an unpacked eval bundle folder (default: download and cache)")
@@ -66,8 +64,7 @@ def main(argv=None):
     # find (or download) the bundle before loading a model, so a missing bundle fails fast
     bundle_dir = get_bundle(args.bundle_dir, args.bundle_url) if "core" in evals else None
     rt = compute_init(args.device_type)
-    _, model_tag, step = resolve_checkpoint(args.source, args.model_tag, args.step)
-    model, tokenizer, meta = load_model(args.source, rt.device, model_tag=model_tag, step=step)
+    model, tokenizer, meta, (_, model_tag, step) = load_model_from_args(args, rt.device)
     model_name = f"{args.source} {model_tag} step {step}"
     figures = {"Model": model_name}
     lines = []

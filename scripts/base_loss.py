@@ -13,18 +13,16 @@ Examples:
 
 import argparse
 
-from nanochat.common import compute_init, compute_cleanup, print0, run_main, UserError
-from nanochat.checkpoint_manager import load_model
+from nanochat.common import compute_init, compute_cleanup, print0, run_main, UserError, add_device_arg
+from nanochat.checkpoint_manager import add_checkpoint_args, load_model_from_args
 from nanochat.loss_eval import evaluate_split_bpb
 from nanochat.tokenizer import get_token_bytes
 from nanochat.engine import complete_prompts
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", default="base", help="which stage's checkpoint: base|mid|sft|rl (default base)")
-    p.add_argument("-g", "--model-tag", default=None, help="model tag (default: the largest)")
-    p.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the last)")
-    p.add_argument("--device-type", default="", help="cuda|cpu|mps (empty: autodetect)")
+    add_checkpoint_args(p, "base")
+    add_device_arg(p)
     p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward pass")
     p.add_argument("--split-tokens", type=int, default=20 * 524288, help="tokens to evaluate per split")
     p.add_argument("--data-dir", default=None, help="folder of .parquet/.txt/.jsonl (default: as training)")
@@ -37,7 +35,7 @@ def main(argv=None):
     if args.device_batch_size < 1 or args.split_tokens < 1:
         raise UserError("--device-batch-size and --split-tokens must be positive")
     rt = compute_init(args.device_type)
-    model, tokenizer, meta = load_model(args.source, rt.device, model_tag=args.model_tag, step=args.step)
+    model, tokenizer, meta, _ = load_model_from_args(args, rt.device)
     seq_len = model.config.sequence_len
     token_bytes = get_token_bytes(rt.device)
     figures = {}

@@ -18,23 +18,21 @@ Examples:
 import sys
 import argparse
 
-from nanochat.common import compute_init, compute_cleanup, run_main, UserError
-from nanochat.checkpoint_manager import load_model
-from nanochat.chat_data import ChatHistory, StreamDecoder
+from nanochat.common import compute_init, compute_cleanup, run_main, UserError, add_device_arg
+from nanochat.checkpoint_manager import add_checkpoint_args, load_model_from_args
+from nanochat.chat import ChatHistory, StreamDecoder, context_length
 from nanochat.engine import Engine
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-i", "--source", type=str, default="sft", help="stage to chat with: base|mid|sft|rl")
-    p.add_argument("-g", "--model-tag", type=str, default=None, help="model tag to load (default: the largest)")
-    p.add_argument("-s", "--step", type=int, default=None, help="step to load (default: the last)")
+    add_checkpoint_args(p, "sft")
     p.add_argument("-p", "--prompt", type=str, default="", help="ask one question, print the answer and exit")
     p.add_argument("-t", "--temperature", type=float, default=0.6, help="sampling temperature (0: greedy)")
     p.add_argument("-k", "--top-k", type=int, default=50, help="sample from the k most likely tokens (0: all)")
     p.add_argument("-m", "--max-tokens", type=int, default=256, help="longest reply, in tokens")
     p.add_argument("--seed", type=int, default=42, help="sampling seed (each turn uses seed + turn number)")
-    p.add_argument("--device-type", type=str, default="", help="cuda|cpu|mps (empty: autodetect)")
+    add_device_arg(p)
     return p.parse_args(argv)
 
 
@@ -43,10 +41,11 @@ def stream_reply(engine, history, user_text, args, turn, out=sys.stdout, label="
 
     A conversation longer than the model can read loses its oldest exchanges (with a note); a
     message too long on its own raises UserError before anything is printed."""
-    prompt, dropped = history.prompt_for(user_text, context_len=engine.model.rotary_seq_len)
-    limit = engine.model.rotary_seq_len - len(prompt)
+    context_len = context_length(engine.model)
+    prompt, dropped = history.prompt_for(user_text, context_len=context_len)
+    limit = context_len - len(prompt)
     if dropped:
-        out.write(f"(the conversation outgrew the model's {engine.model.rotary_seq_len:,}-token context: "
+        out.write(f"(the conversation outgrew the model's {context_len:,}-token context: "
                   f"{dropped} oldest exchange(s) dropped)\n")
     out.write(label)
     out.flush()
@@ -76,8 +75,7 @@ def main(argv=None):
     if args.max_tokens < 1 or args.temperature < 0:
         raise UserError("-m must be at least 1 and -t at least 0")
     rt = compute_init(args.device_type)
-    model, tokenizer, _ = load_model(args.source, rt.device, phase="eval", model_tag=args.model_tag,
-                                     step=args.step, verbose=not args.prompt)
+    model, tokenizer, _, _ = load_model_from_args(args, rt.device, verbose=not args.prompt)
     engine = Engine(model, tokenizer)
     history = ChatHistory(tokenizer)
     if args.prompt:

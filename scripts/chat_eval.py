@@ -18,8 +18,8 @@ Examples:
 
 import argparse
 
-from nanochat.common import compute_init, compute_cleanup, print0, run_main, UserError
-from nanochat.checkpoint_manager import load_model
+from nanochat.common import compute_init, compute_cleanup, print0, run_main, UserError, add_device_arg
+from nanochat.checkpoint_manager import add_checkpoint_args, load_model_from_args
 from nanochat.task_eval import EVAL_TASKS, load_eval_task, run_task_eval, chatcore, format_results_table
 from tasks import TASK_NAMES
 from tasks.hub import TaskUnavailable
@@ -27,7 +27,7 @@ from tasks.hub import TaskUnavailable
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-i", "--source", type=str, default="sft", help="stage to evaluate: base|mid|sft|rl")
+    add_checkpoint_args(p, "sft")
     p.add_argument("-a", "--task-name", type=str, default=None,
                    help=f"tasks separated by '|' (default: all of {'|'.join(EVAL_TASKS)})")
     p.add_argument("-t", "--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
@@ -36,9 +36,7 @@ def parse_args(argv=None):
     p.add_argument("-k", "--top-k", type=int, default=50, help="top-k sampling (0: off)")
     p.add_argument("-b", "--batch-size", type=int, default=16, help="problems per batch: one forward for multiple choice, decoded together for generative tasks")
     p.add_argument("-x", "--max-problems", type=int, default=None, help="evaluate at most this many problems per task")
-    p.add_argument("-g", "--model-tag", type=str, default=None, help="model tag to load (default: the largest)")
-    p.add_argument("-s", "--step", type=int, default=None, help="step to load (default: the last)")
-    p.add_argument("--device-type", type=str, default="", help="cuda|cpu|mps (empty: autodetect)")
+    add_device_arg(p)
     return p.parse_args(argv)
 
 
@@ -51,7 +49,7 @@ def main(argv=None):
     if args.num_samples < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
         raise UserError("-n, -m and -b must be at least 1")
     rt = compute_init(args.device_type)
-    model, tokenizer, meta = load_model(args.source, rt.device, phase="eval", model_tag=args.model_tag, step=args.step)
+    model, tokenizer, meta, _ = load_model_from_args(args, rt.device)
     results = []
     for name in names:
         try:

@@ -22,15 +22,14 @@ Examples:
 
 import argparse
 
-from nanochat.common import UserError, run_main
+from nanochat.common import UserError, run_main, add_device_arg
+from nanochat.checkpoint_manager import add_checkpoint_args, checkpoint_from_args
 from nanochat.web import MAX_TOKENS_RANGE, SamplingDefaults, WorkerPool, create_app, load_workers
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-i", "--source", type=str, default="sft", help="which stage's checkpoints: base, mid, sft or rl")
-    p.add_argument("-g", "--model-tag", type=str, default=None, help="model tag, e.g. d20 (default: the largest)")
-    p.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the last)")
+    add_checkpoint_args(p, "sft")
     p.add_argument("-n", "--num-gpus", type=int, default=None,
                    help="workers, one model copy per GPU (default: every visible GPU; one on CPU)")
     p.add_argument("-t", "--temperature", type=float, default=0.6, help="default temperature (0 = greedy)")
@@ -42,7 +41,7 @@ def parse_args(argv=None):
                    help="address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)")
     p.add_argument("--max-queue", type=int, default=None,
                    help="requests that may wait for a busy worker before new ones get 503 (default: 8 per worker)")
-    p.add_argument("--device-type", type=str, default="", help="cuda|cpu|mps (empty: autodetect)")
+    add_device_arg(p)
     p.add_argument("--log-level", type=str, default="info", help="uvicorn log level (warning: no access log)")
     return p.parse_args(argv)
 
@@ -66,7 +65,8 @@ def main(argv=None):
     if args.max_queue is not None and args.max_queue < 0:
         raise UserError(f"--max-queue is {args.max_queue}; it must be 0 or more")
     check_port_free(args.host, args.port)  # before the slow model loading, not after
-    workers, model_name, _ = load_workers(args.source, args.device_type, args.num_gpus, args.model_tag, args.step)
+    source, _, tag, step = checkpoint_from_args(args)
+    workers, model_name, _ = load_workers(source, args.device_type, args.num_gpus, tag, step)
     max_queue = args.max_queue if args.max_queue is not None else 8 * len(workers)
     pool = WorkerPool(workers, max_queue)
     app = create_app(pool, model_name, defaults)

@@ -5,7 +5,8 @@ import pytest
 
 from nanochat.common import UserError
 
-from nanochat.chat_data import (PackedChatLoader, PaddedChatLoader, ChatHistory, StreamDecoder, build_mixture,
+from nanochat.chat import ChatHistory, StreamDecoder
+from nanochat.chat_data import (PackedChatLoader, PaddedChatLoader, build_mixture,
                                 row_inputs_targets)
 from tasks.common import TaskMixture
 from tasks.spellingbee import SimpleSpelling, SpellingBee

@@ -19,8 +19,9 @@ import httpx
 import pytest
 
 from nanochat.common import UserError
+from nanochat.chat import StreamDecoder
 from nanochat.web import (MAX_MESSAGE_CHARS, MAX_MESSAGES, RequestError, SamplingDefaults, ServerBusy,
-                          Utf8StreamDecoder, Worker, WorkerPool, fit_prompt, parse_chat_request)
+                          Worker, WorkerPool, fit_prompt, parse_chat_request)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,8 +111,8 @@ def test_utf8_decoder_never_splits_a_character(tiny_base_dir):
     # precondition: some tokens hold only part of a character (else this test proves nothing)
     partial = [i for i in ids if "\ufffd" in tok.token_to_bytes(i).decode("utf-8", errors="replace")]
     assert partial, "the tiny tokenizer should split multi-byte characters across tokens"
-    decoder = Utf8StreamDecoder(tok)
-    pieces = [decoder.feed(i) for i in ids] + [decoder.flush()]
+    decoder = StreamDecoder(tok)
+    pieces = [decoder.add(i) for i in ids] + [decoder.flush()]
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) == HARD_TEXT
     # every piece is whole characters: each one encodes to UTF-8 on its own
@@ -125,8 +126,8 @@ def test_utf8_decoder_marks_broken_bytes_like_decode(tiny_base_dir):
     assert len(emoji) >= 2
     # a character cut short, then text: the broken start becomes U+FFFD, the rest is intact
     ids = emoji[:-1] + tok.encode(" fine") + [emoji[-1]]
-    decoder = Utf8StreamDecoder(tok)
-    text = "".join(decoder.feed(i) for i in ids) + decoder.flush()
+    decoder = StreamDecoder(tok)
+    text = "".join(decoder.add(i) for i in ids) + decoder.flush()
     assert text == tok.decode(ids)
     assert text.startswith("\ufffd") and " fine" in text
 
@@ -137,8 +138,8 @@ def test_utf8_decoder_shows_tool_calls_and_drops_other_specials(tiny_base_dir):
     sp = tok.encode_special
     ids = ([sp("<|python_start|>")] + tok.encode("2+2") + [sp("<|python_end|>"), sp("<|output_start|>")]
            + tok.encode("4") + [sp("<|output_end|>"), sp("<|user_start|>")] + tok.encode(" done"))
-    decoder = Utf8StreamDecoder(tok)
-    assert "".join(decoder.feed(i) for i in ids) + decoder.flush() == "[python: 2+2] = 4 done"
+    decoder = StreamDecoder(tok)
+    assert "".join(decoder.add(i) for i in ids) + decoder.flush() == "[python: 2+2] = 4 done"
 
 
 # -----------------------------------------------------------------------------
@@ -250,12 +251,12 @@ def _expected_reply(tiny_run, messages, max_tokens, temperature, top_k, seed):
     from conftest import base_dir_env
     from nanochat.checkpoint_manager import load_model
     from nanochat.engine import Engine
-    from nanochat.web import TOOL_TOKEN_TEXT
+    from nanochat.chat import TOOL_TOKEN_TEXT
     with base_dir_env(tiny_run):
         model, tok, _ = load_model("base", "cpu", verbose=False)
     engine = Engine(model, tok)
     ids = tok.render_for_completion({"messages": messages})
-    max_tokens = min(max_tokens, model.cos.size(1) - len(ids))  # the server stops at the context end too
+    max_tokens = min(max_tokens, model.config.sequence_len - len(ids))  # the server stops at the context end too
     (out,), _ = engine.generate_batch(ids, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed)
     new = out[len(ids):]
     specials = {tok.encode_special(name): text for name, text in TOOL_TOKEN_TEXT.items()}

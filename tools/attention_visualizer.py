@@ -16,7 +16,7 @@ import json
 
 import torch
 
-from nanochat.common import run_main, UserError, resolve_device_type
+from nanochat.common import run_main, UserError, resolve_device_type, add_device_arg
 from tools.lib import termui as ui
 from nanochat import checkpoint_manager as cm
 from tools.lib import attention_maps as am
@@ -43,10 +43,8 @@ def parse_args(argv):
     p.add_argument("--across-checkpoints", action="store_true", help="the same layer/head at several training steps")
     p.add_argument("--steps", type=int, nargs="+", default=None, help="steps for --across-checkpoints (default: up to 6)")
     p.add_argument("--json", action="store_true", help="print weights and head summaries as JSON")
-    p.add_argument("--source", default="base", choices=list(cm.STAGE_DIRS), help="which stage's checkpoints")
-    p.add_argument("--model-tag", type=str, default=None, help="model tag (default: the largest)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the last)")
-    p.add_argument("--device", type=str, default="cpu", help="cpu, cuda or mps")
+    cm.add_checkpoint_args(p, "base", short=False)
+    add_device_arg(p)
     args = p.parse_args(argv)
     if not args.text.strip():
         raise UserError("--text is empty; give some text to look at")
@@ -111,9 +109,8 @@ def plot_heatmaps(panels, labels, output, title):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device_type(args.device)
-    model, tokenizer, meta = cm.load_model(args.source, device, model_tag=args.model_tag, step=args.step,
-                                           verbose=not args.json)
+    device = resolve_device_type(args.device_type)
+    model, tokenizer, meta, _ = cm.load_model_from_args(args, device, verbose=not args.json)
     n_layer, n_head = model.config.n_layer, model.config.n_head
     if not 0 <= args.layer < n_layer:
         raise UserError(f"--layer {args.layer} is out of range: this model has layers 0..{n_layer - 1}")

@@ -12,7 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import json
 
-from nanochat.common import run_main, UserError, get_base_dir
+from nanochat.common import run_main, UserError, get_base_dir, use_base_dir, add_device_arg, resolve_device_type
+from nanochat import checkpoint_manager as cm
 from tools.lib import termui as ui
 from tools.lib import checkpoint_inspect as ci
 
@@ -33,25 +34,23 @@ def parse_args(argv):
     p = ui.make_parser(__doc__, EXAMPLES)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--list", action="store_true", help="every checkpoint under the base dir (the default)")
-    g.add_argument("--inspect", metavar="NAME", help="meta, parameters, files and integrity of one checkpoint")
+    g.add_argument("--inspect", metavar="NAME", nargs="?", const="",
+                   help="meta, parameters, files and integrity of one checkpoint (NAME, or the address flags)")
     g.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two checkpoints side by side")
     g.add_argument("--delete", metavar="NAME", help="delete a tag folder, or one step with TAG:STEP")
     p.add_argument("--sort", choices=ci.SORT_KEYS, default="step", help="order of --list")
-    p.add_argument("--step", type=int, help="step for --inspect (default: the last one)")
     p.add_argument("--weights", action="store_true", help="with --compare: per-layer relative weight change")
     p.add_argument("--prompt", type=str, help="with --compare: greedy-decode this prompt from both")
     p.add_argument("--max-tokens", type=int, default=32, help="tokens to generate for --prompt")
-    p.add_argument("--device", type=str, default="cpu", help="device for --prompt (cpu, cuda, mps)")
+    add_device_arg(p)
     p.add_argument("--yes", action="store_true", help="delete without asking")
-    p.add_argument("--base-dir", type=str, help="base dir to scan (default $NANOCHAT_BASE_DIR or ~/.cache/nanochat)")
+    cm.add_checkpoint_args(p, "base", short=False)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
     if (args.weights or args.prompt) and not args.compare:
         raise UserError("--weights and --prompt go with --compare A B")
     if args.base_dir:
-        if not os.path.isdir(args.base_dir):
-            raise UserError(f"--base-dir {args.base_dir} is not a folder")
-        os.environ["NANOCHAT_BASE_DIR"] = os.path.abspath(args.base_dir)  # so tokenizer/model loading look there too
+        use_base_dir(args.base_dir)  # tokenizer and model loading look there too
     return args
 
 
@@ -87,7 +86,10 @@ def do_list(args):
 
 
 def do_inspect(args):
-    source, tag, cdir, step = ci.resolve_name(args.inspect, step=args.step)
+    if args.inspect:
+        source, cdir, tag, step = cm.resolve_address(args.inspect, args.source, step=args.step)
+    else:
+        source, cdir, tag, step = cm.checkpoint_from_args(args)
     r = ci.inspect(cdir, step)
     if args.json:
         print(json.dumps(r, indent=2, default=str))
@@ -124,17 +126,16 @@ def fmt_value(v):
 
 
 def do_compare(args):
-    a = ci.resolve_name(args.compare[0])
-    b = ci.resolve_name(args.compare[1])
-    from nanochat import checkpoint_manager as cm
-    meta_a, meta_b = cm.read_meta(a[2], a[3]), cm.read_meta(b[2], b[3])
+    a = cm.resolve_address(args.compare[0], args.source)  # (source, folder, tag, step)
+    b = cm.resolve_address(args.compare[1], args.source)
+    meta_a, meta_b = cm.read_meta(a[1], a[3]), cm.read_meta(b[1], b[3])
     rows = ci.compare_metas(meta_a, meta_b)
-    out = {"a": f"{a[0]}/{a[1]}:{a[3]}", "b": f"{b[0]}/{b[1]}:{b[3]}",
+    out = {"a": f"{a[0]}/{a[2]}:{a[3]}", "b": f"{b[0]}/{b[2]}:{b[3]}",
            "rows": [{"key": k, "a": va, "b": vb, "differs": d} for k, va, vb, d in rows]}
     if args.weights:
-        out["weights"] = [{"group": g, "relative_change": rc, "numel": n} for g, rc, n in ci.weight_changes(a[2], a[3], b[2], b[3])]
+        out["weights"] = [{"group": g, "relative_change": rc, "numel": n} for g, rc, n in ci.weight_changes(a[1], a[3], b[1], b[3])]
     if args.prompt is not None:
-        out["samples"] = {side: ci.greedy_decode(x[2], x[3], args.prompt, args.max_tokens, args.device)
+        out["samples"] = {side: ci.greedy_decode(x[1], x[3], args.prompt, args.max_tokens, resolve_device_type(args.device_type))
                           for side, x in (("a", a), ("b", b))}
     if args.json:
         print(json.dumps(out, indent=2, default=str))
@@ -163,7 +164,7 @@ def do_compare(args):
 
 
 def do_delete(args):
-    paths, size = ci.deletion_plan(args.delete)
+    paths, size = ci.deletion_plan(args.delete, default_source=args.source)
     print(f"will delete {len(paths)} path(s), {ui.fmt_bytes(size)}:")
     for p in paths:
         print(f"  {p}")

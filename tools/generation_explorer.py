@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import json
 
-from nanochat.common import run_main, UserError, resolve_device_type
+from nanochat.common import run_main, UserError, resolve_device_type, add_device_arg
 from tools.lib import termui as ui
 from nanochat import checkpoint_manager as cm
 from tools.lib import generation_trace as gt
@@ -55,10 +55,8 @@ def parse_args(argv):
     p.add_argument("--chat", choices=["auto", "yes", "no"], default="auto",
                    help="render the prompt with the chat template (auto: for mid/sft/rl)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--source", default="base", choices=list(cm.STAGE_DIRS), help="which stage's checkpoints")
-    p.add_argument("--model-tag", type=str, default=None, help="model tag (default: the largest)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the last)")
-    p.add_argument("--device", type=str, default="cpu", help="cpu, cuda or mps")
+    cm.add_checkpoint_args(p, "base", short=False)
+    add_device_arg(p)
     args = p.parse_args(argv)
     if args.prompt is None and not args.interactive:
         raise UserError("give --prompt TEXT or --interactive (see --help)")
@@ -233,9 +231,8 @@ def interactive(model, tokenizer, args, chat):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device_type(args.device)
-    model, tokenizer, meta = cm.load_model(args.source, device, model_tag=args.model_tag, step=args.step,
-                                           verbose=not args.json)
+    device = resolve_device_type(args.device_type)
+    model, tokenizer, meta, _ = cm.load_model_from_args(args, device, verbose=not args.json)
     chat = args.chat == "yes" or (args.chat == "auto" and args.source != "base")
     if args.interactive:
         return interactive(model, tokenizer, args, chat)

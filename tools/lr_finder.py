@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import json
 import time
 
-from nanochat.common import run_main, UserError, resolve_device_type
+from nanochat.common import run_main, UserError, resolve_device_type, add_device_arg
+from nanochat import checkpoint_manager as cm
 from tools.lib import termui as ui
 from tools.lib import metrics as mx
 from tools.lib import lr_finder as lf
@@ -35,12 +36,13 @@ EXAMPLES = [
 
 def parse_args(argv):
     p = ui.make_parser(__doc__, EXAMPLES)
-    p.add_argument("dir", metavar="DIR", nargs="?", default=None, help="checkpoint folder or model tag")
+    p.add_argument("dir", metavar="DIR", nargs="?", default=None,
+                   help="checkpoint folder or name (d4, sft/d4), or give --model-tag")
     p.add_argument("--plot", action="store_true", help="write a PNG (LR + loss of the run, or loss vs LR of the test)")
     p.add_argument("--output", type=str, default=None, help="PNG path (default lr_analysis.png / lr_range_test.png)")
     p.add_argument("--recommend", action="store_true", help="print only the recommendations")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--base-dir", type=str, default=None, help="where model tags are looked up (default $NANOCHAT_BASE_DIR)")
+    cm.add_checkpoint_args(p, "base", short=False)
     g = p.add_argument_group("range test")
     g.add_argument("--range-test", action="store_true", help="run a learning-rate range test on a fresh model")
     g.add_argument("--depth", type=int, default=2, help="model depth when no DIR is given")
@@ -52,12 +54,14 @@ def parse_args(argv):
     g.add_argument("--end", type=float, default=100.0, help="last LR multiplier")
     g.add_argument("--seeds", type=int, default=3, help="repeat with this many seeds to show the spread")
     g.add_argument("--diverge-factor", type=float, default=4.0, help="stop when the smoothed loss exceeds this x its best")
-    g.add_argument("--device", type=str, default="cpu", help="cpu, cuda or mps")
+    add_device_arg(g)
     g.add_argument("--data-dir", type=str, default=None, help="pretraining data folder (default: as base_train)")
     for flag, default in lf.LR_FLAGS.items():
         g.add_argument("--" + flag.replace("_", "-"), type=float, default=None,
                        help=f"base LR the multiplier scales (default: the run's, else {default})")
     args = p.parse_args(argv)
+    if args.dir is not None or args.model_tag is not None:
+        args.dir = cm.run_dir_from_args(args, args.dir)  # one folder from here on
     if not args.range_test and args.dir is None:
         raise UserError("give a run folder to analyse (DIR) or --range-test (see --help)")
     if args.seeds < 1 or args.num_steps < 10:
@@ -96,7 +100,7 @@ def plot_analysis(history, analysis, output):
 
 
 def analyse(args):
-    history = mx.load_run(args.dir, args.base_dir)
+    history = mx.load_run(args.dir)
     a = lf.analyze_run(history)
     if args.json:
         print(json.dumps(a, indent=2, default=str))
@@ -144,7 +148,7 @@ def model_setup(args):
     tokenizer = get_tokenizer()
     base = dict(lf.LR_FLAGS)
     if args.dir is not None:
-        history = mx.load_run(args.dir, args.base_dir)
+        history = mx.load_run(args.dir)
         meta = history.latest_meta
         if not meta:
             raise UserError(f"{history.path} has no checkpoint meta to take the model shape from")
@@ -184,7 +188,7 @@ def plot_range_test(curves, chosen, output):
 
 
 def range_test(args):
-    device = resolve_device_type(args.device)
+    device = resolve_device_type(args.device_type)
     config, tokenizer, base, what = model_setup(args)
     batch = args.device_batch_size
     if not args.json:

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import json
 from dataclasses import asdict
 
-from nanochat.common import run_main, UserError, GPU_PEAK_FLOPS, format_duration
+from nanochat.common import run_main, UserError, GPU_PEAK_FLOPS, format_duration, add_device_arg
 from tools.lib import termui as ui
 from tools.lib import model_calc as mc
 
@@ -50,7 +50,7 @@ def parse_args(argv):
     p.add_argument("--gpu-memory", type=float, help="GB per GPU for the batch-size suggestion (default: the GPU's)")
     p.add_argument("--measure", action="store_true", help="run a few real training steps here: predicted vs measured")
     p.add_argument("--measure-steps", type=int, default=3)
-    p.add_argument("--device", type=str, default="cpu", help="device for --measure (cpu, cuda, mps)")
+    add_device_arg(p)  # for --measure
     p.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = p.parse_args(argv)
     if args.preset is None and args.depth is None:
@@ -186,7 +186,7 @@ def main(argv=None):
     r = compute(args)
     config = r.pop("_config")
     if args.measure:
-        r["measure"] = mc.measure_training(config, args.batch_size, args.device, args.measure_steps)
+        r["measure"] = mc.measure_training(config, args.batch_size, args.device_type, args.measure_steps)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0

@@ -17,6 +17,7 @@ import time
 import argparse
 
 from nanochat.common import run_main, UserError
+from nanochat import checkpoint_manager as cm
 from tools.lib import termui as ui
 from tools.lib import metrics as mx
 
@@ -35,7 +36,8 @@ LEVEL_STYLE = {"ok": ("ok", "green"), "info": ("info", "cyan"), "warn": ("warn",
 
 def parse_args(argv):
     p = ui.make_parser(__doc__, EXAMPLES)
-    p.add_argument("dir", metavar="DIR", help="checkpoint folder or model tag (d4, sft/d4)")
+    p.add_argument("dir", metavar="DIR", nargs="?", default=None,
+                   help="checkpoint folder or name (d4, sft/d4; default: the address flags)")
     p.add_argument("--progress", action="store_true", help="table of every logged step / checkpoint")
     p.add_argument("--plot", action="store_true", help="write a PNG: loss, val bpb, LR, tokens/s")
     p.add_argument("--export-csv", action="store_true", help="write the history as CSV")
@@ -45,7 +47,7 @@ def parse_args(argv):
     p.add_argument("--watch", action="store_true", help="refresh the summary until Ctrl-C (while a run trains)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between --watch refreshes")
     p.add_argument("--max-refreshes", type=int, default=0, help=argparse.SUPPRESS)  # for tests
-    p.add_argument("--base-dir", type=str, default=None, help="where model tags are looked up (default $NANOCHAT_BASE_DIR)")
+    cm.add_checkpoint_args(p, "base", short=False)
     p.add_argument("--json", action="store_true", help="print the summary and diagnosis as JSON")
     args = p.parse_args(argv)
     if args.interval <= 0:
@@ -145,7 +147,8 @@ def export_csv(history, path):
 
 
 def show(args):
-    histories = [mx.load_run(args.dir, args.base_dir)] + [mx.load_run(d, args.base_dir) for d in args.compare]
+    run_dirs = [cm.run_dir_from_args(args, args.dir)] + [cm.find_run_dir(d, args.source) for d in args.compare]
+    histories = [mx.load_run(d) for d in run_dirs]
     if args.json:
         out = [dict(mx.summarize(h), diagnosis=[f.__dict__ for f in mx.diagnose(h)]) for h in histories]
         print(json.dumps(out[0] if len(out) == 1 else out, indent=2, default=str))

@@ -17,9 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import json
 
-from nanochat.common import run_main, UserError, format_duration
+from nanochat.common import run_main, UserError, format_duration, add_device_arg, resolve_device_type
 from tools.lib import termui as ui
-from tools.lib import metrics as mx
 from tools.lib import resume as rs
 from nanochat import checkpoint_manager as cm
 
@@ -35,15 +34,15 @@ EXAMPLES = [
 
 def parse_args(argv):
     p = ui.make_parser(__doc__, EXAMPLES)
-    p.add_argument("dir", metavar="DIR", help="checkpoint folder or model tag (d4, base/d4)")
+    p.add_argument("dir", metavar="DIR", nargs="?", default=None,
+                   help="checkpoint folder or name (d4, base/d4; default: the address flags)")
     p.add_argument("--target-steps", type=int, default=None, help="the total number of steps to reach (default: the run's own)")
-    p.add_argument("--step", type=int, default=None, help="resume from this step instead of the last complete one")
     p.add_argument("--verify", action="store_true", help="check files, loadability, shapes vs config, optimizer, meta")
     p.add_argument("--replay", type=int, default=0, metavar="N",
                    help="with --verify: re-run N logged steps from an earlier checkpoint and compare the losses")
     p.add_argument("--command", action="store_true", help="print only the resume command (one line)")
-    p.add_argument("--device", type=str, default="cpu", help="device for --replay (cpu, cuda, mps)")
-    p.add_argument("--base-dir", type=str, default=None, help="where model tags are looked up (default $NANOCHAT_BASE_DIR)")
+    cm.add_checkpoint_args(p, "base", short=False)  # --step: resume from this step instead of the last complete one
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     args = p.parse_args(argv)
     if args.replay and not args.verify:
@@ -112,7 +111,7 @@ def print_replay(result):
 
 def main(argv=None):
     args = parse_args(argv)
-    ckpt_dir = mx.resolve_run_dir(args.dir, args.base_dir)
+    ckpt_dir = cm.run_dir_from_args(args, args.dir)
     point = rs.find_resume_point(ckpt_dir, args.step)
     prog = rs.run_progress(point.meta, args.target_steps)
     if args.command:
@@ -125,7 +124,7 @@ def main(argv=None):
     replay = None
     if args.replay:
         with ui.progress(total=args.replay, desc="replaying") as bar:
-            replay = rs.replay_steps(ckpt_dir, args.replay, device=args.device, on_step=lambda s: bar.update(1))
+            replay = rs.replay_steps(ckpt_dir, args.replay, device=resolve_device_type(args.device_type), on_step=lambda s: bar.update(1))
     try:
         command, notes = rs.resume_command(point, args.target_steps)
     except UserError as e:

@@ -121,47 +121,6 @@ def folder_size(path):
 
 
 # -----------------------------------------------------------------------------
-# names
-
-def parse_name(name):
-    """'sft/d4:200' -> ('sft', 'd4', 200); source and step may be None."""
-    m = re.fullmatch(r"(?:(\w+)/)?([^/:]+)(?::(\d+))?", name.strip())
-    if not m:
-        raise UserError(f"cannot read the checkpoint name '{name}': use TAG, STAGE/TAG or TAG:STEP (e.g. d4, sft/d4:200)")
-    source, tag, step = m.group(1), m.group(2), m.group(3)
-    if source is not None and source not in cm.STAGE_DIRS:
-        raise UserError(f"unknown stage '{source}' in '{name}': use one of {', '.join(cm.STAGE_DIRS)}")
-    return source, tag, (int(step) if step is not None else None)
-
-
-def resolve_name(name, base_dir=None, step=None, need_step=True):
-    """(source, tag, folder, step) for a checkpoint name. A tag found in several stages must be
-    qualified ('sft/d4'); an unknown tag or step is a UserError listing what exists."""
-    base_dir = base_dir or get_base_dir()
-    source, tag, name_step = parse_name(name)
-    step = name_step if name_step is not None else step
-    sources = [source] if source else list(cm.STAGE_DIRS)
-    found = [(s, cm.checkpoint_dir(s, tag, base_dir)) for s in sources
-             if tag in cm.list_model_tags(cm.stage_dir(s, base_dir))]
-    if not found:
-        known = sorted({f"{s}/{t}" for s, t, _, _ in cm.list_checkpoints(base_dir)})
-        hint = f"known: {', '.join(known)}" if known else f"there are no checkpoints under {base_dir}"
-        raise UserError(f"unknown model tag '{name}' ({hint})")
-    if len(found) > 1:
-        raise UserError(f"'{tag}' exists in several stages ({', '.join(s for s, _ in found)}); "
-                        f"say which, e.g. {found[0][0]}/{tag}")
-    source, cdir = found[0]
-    if not need_step:
-        return source, tag, cdir, step
-    steps = cm.list_steps(cdir)
-    if step is None:
-        step = cm.find_last_step(cdir)
-    elif step not in steps:
-        raise UserError(f"no step {step} for {source}/{tag} (steps: {', '.join(map(str, steps))})")
-    return source, tag, cdir, step
-
-
-# -----------------------------------------------------------------------------
 # inspect
 
 def param_groups_from_state(state):
@@ -316,12 +275,16 @@ def greedy_decode(ckpt_dir, step, prompt, max_tokens=32, device="cpu"):
 # -----------------------------------------------------------------------------
 # delete
 
-def deletion_plan(name, base_dir=None):
+def deletion_plan(name, base_dir=None, default_source="base"):
     """The paths that `--delete NAME` removes (a whole tag folder, or the files of NAME:STEP) and
     their total size. Refuses anything that is not a checkpoint inside the base dir."""
     base_dir = os.path.realpath(base_dir or get_base_dir())
-    source, tag, step = parse_name(name)
-    source, tag, cdir, step = resolve_name(name, base_dir, need_step=step is not None)
+    source, tag, step = cm.parse_address(name)
+    source = source or default_source
+    if step is None:
+        cdir = cm.find_run_dir(f"{source}/{tag}", source, base_dir)
+    else:
+        source, cdir, tag, step = cm.resolve_address(name, default_source, base_dir=base_dir)
     real = os.path.realpath(cdir)
     stage_root = os.path.realpath(cm.stage_dir(source, base_dir))
     # a symlinked tag folder could point anywhere: require the real path to stay inside the base dir

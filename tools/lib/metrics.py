@@ -49,29 +49,6 @@ def smooth(values, beta=SMOOTH_BETA):
 
 
 # -----------------------------------------------------------------------------
-# finding a run folder
-
-def resolve_run_dir(arg, base_dir=None):
-    """A checkpoint folder from a path, or from a model tag ('d4', 'sft/d4') under the base dir."""
-    path = os.path.expanduser(str(arg))
-    if os.path.isdir(path):
-        return os.path.abspath(path)
-    if os.path.exists(path):
-        raise UserError(f"{path} is a file; give a checkpoint folder such as ~/.cache/nanochat/base_checkpoints/d4")
-    base_dir = base_dir or get_base_dir()
-    source, _, tag = path.rpartition("/") if "/" in path else ("", "", path)
-    sources = [source] if source in cm.STAGE_DIRS else list(cm.STAGE_DIRS)
-    if "/" not in path or source in cm.STAGE_DIRS:
-        for s in sources:
-            cdir = cm.checkpoint_dir(s, tag, base_dir)
-            if os.path.isdir(cdir):
-                return cdir
-    known = [f"{s}/{t}" for s in cm.STAGE_DIRS for t in cm.list_model_tags(cm.stage_dir(s, base_dir))]
-    hint = f"model tags under {base_dir}: {', '.join(known)}" if known else f"no checkpoints under {base_dir} yet"
-    raise UserError(f"no such folder or model tag: {arg} ({hint})")
-
-
-# -----------------------------------------------------------------------------
 # the history of one run
 
 @dataclass
@@ -157,8 +134,9 @@ def _record_from_meta(step, meta):
 
 
 def load_run(path, base_dir=None):
-    """The RunHistory of a checkpoint folder (or model tag). Empty or unreadable folders are a UserError."""
-    ckpt_dir = resolve_run_dir(path, base_dir)
+    """The RunHistory of a checkpoint folder (or a name [STAGE/]TAG, stage base by default).
+    Empty or unreadable folders are a UserError."""
+    ckpt_dir = cm.find_run_dir(path, "base", base_dir)
     name = os.path.basename(os.path.normpath(ckpt_dir))
     metas = _read_metas(ckpt_dir)
     metrics_file = os.path.join(ckpt_dir, cm.METRICS_FILE)
