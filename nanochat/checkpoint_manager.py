@@ -304,9 +304,17 @@ def run_dir_from_args(args, name=None):
     given, else the address flags (a folder may hold only metrics.jsonl while its run starts)."""
     if args.base_dir:
         use_base_dir(args.base_dir)
-    if name is None and args.model_tag is None:
-        return checkpoint_from_args(args)[1]
-    return find_run_dir(name if name is not None else f"{args.source}/{args.model_tag}", args.source)
+    if name is not None and (os.path.exists(os.path.expanduser(name))
+                             or "/" in name and not re.fullmatch(r"\w+/[^/:]+(:\d+)?", name)):
+        return find_run_dir(name, args.source)  # a folder path
+    source, tag, step = parse_address(name) if name is not None else (None, args.model_tag, None)
+    source = source or args.source
+    step = step if step is not None else args.step
+    if tag is not None and step is None:
+        cdir = checkpoint_dir(source, tag)
+        if os.path.isdir(cdir) and not list_steps(cdir):
+            return cdir  # a run that has logged steps but saved no checkpoint yet
+    return resolve_checkpoint(source, tag, step)[0]
 
 
 def find_run_dir(arg, default_source, base_dir=None):

@@ -181,7 +181,7 @@ def do_delete(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.inspect:
+    if args.inspect is not None:
         return do_inspect(args)
     if args.compare:
         return do_compare(args)

@@ -60,7 +60,7 @@ def parse_args(argv):
         g.add_argument("--" + flag.replace("_", "-"), type=float, default=None,
                        help=f"base LR the multiplier scales (default: the run's, else {default})")
     args = p.parse_args(argv)
-    if args.dir is not None or args.model_tag is not None:
+    if args.dir is not None or args.model_tag is not None or args.step is not None or args.source != "base":
         args.dir = cm.run_dir_from_args(args, args.dir)  # one folder from here on
     if not args.range_test and args.dir is None:
         raise UserError("give a run folder to analyse (DIR) or --range-test (see --help)")
