@@ -1,6 +1,6 @@
 """
-Terminal output for the learning tools: colours, aligned tables, bars, progress, and the one
-place where bad input becomes a one-line error with exit code 2.
+Terminal output for the learning tools: colours, aligned tables, bars, progress, and an argument
+parser whose bad flags become one-line errors (nanochat.common.run_main prints them, exit code 2).
 
 Pipeline position: the last step of every tool in tools/. The tools compute with the library and
 hand strings to these helpers; nothing here knows about models or data.
@@ -17,7 +17,7 @@ FORCE_COLOR=1 turns it on anyway (handy to look at colours through `less -R`). E
 
     parser = ui.make_parser(__doc__, examples=["python tools/x.py DIR"])
     if __name__ == "__main__":
-        ui.tool_main(main)          # main(argv=None) parses its own arguments
+        run_main(main)              # from nanochat.common; main(argv) parses its own arguments
 """
 
 import os
