@@ -202,12 +202,6 @@ EVAL_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "Spelli
               "Arithmetic", "TwoStepArithmetic")
 
 
-def load_eval_task(name):
-    """The test split of a task by its command-line name (tasks.get_task); may raise TaskUnavailable."""
-    from tasks import get_task
-    return get_task(name, "test")
-
-
 def format_results_table(results):
     """A plain text table: task, kind, correct/total, accuracy, centered accuracy."""
     w = max([16] + [len(r.name) for r in results])

@@ -20,8 +20,8 @@ import argparse
 
 from nanochat.common import compute_init, compute_cleanup, print0, run_main, UserError, add_device_arg
 from nanochat.checkpoint_manager import add_checkpoint_args, load_model_from_args
-from nanochat.task_eval import EVAL_TASKS, load_eval_task, run_task_eval, chatcore, format_results_table
-from tasks import TASK_NAMES
+from nanochat.task_eval import EVAL_TASKS, run_task_eval, chatcore, format_results_table
+from tasks import TASK_NAMES, get_task
 from tasks.hub import TaskUnavailable
 
 
@@ -53,7 +53,7 @@ def main(argv=None):
     results = []
     for name in names:
         try:
-            task = load_eval_task(name)
+            task = get_task(name, "test")
         except TaskUnavailable as e:
             print0(f"skipped {name}: {str(e).split('; ')[0]}")
             continue

@@ -6,8 +6,8 @@ import pytest
 from nanochat.common import UserError
 
 from nanochat.chat import ChatHistory, StreamDecoder
-from nanochat.chat_data import (PackedChatLoader, PaddedChatLoader, build_mixture,
-                                row_inputs_targets)
+from nanochat.chat_data import PackedChatLoader, PaddedChatLoader, row_inputs_targets
+from tasks.mixtures import build_mixture
 from tasks.common import TaskMixture
 from tasks.spellingbee import SimpleSpelling, SpellingBee
 from tasks.arithmetic import Arithmetic
