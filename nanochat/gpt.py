@@ -29,6 +29,13 @@ class ConfigError(UserError, ValueError):
     """A model shape that cannot be built (from a flag or a damaged meta): one line for the user."""
 
 
+# the optimizer's base learning rates (the AdamW ones for model dim 768, see setup_optimizers) and
+# Muon's weight decay: the defaults of setup_optimizers and of every training stage's flags
+# (training.add_optimizer_args)
+OPTIMIZER_DEFAULTS = {"embedding_lr": 0.2, "unembedding_lr": 0.004, "matrix_lr": 0.02, "scalar_lr": 0.5,
+                      "weight_decay": 0.0}
+
+
 @dataclass
 class GPTConfig:
     sequence_len: int = 2048
@@ -337,10 +344,16 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ optimizer
 
-    def setup_optimizers(self, unembedding_lr=0.004, embedding_lr=0.2, matrix_lr=0.02, scalar_lr=0.5,
-                         weight_decay=0.0, adam_betas=(0.8, 0.95), distributed=False):
-        """One optimizer: Muon for the 2-D matrices inside the blocks, AdamW for the rest."""
+    def setup_optimizers(self, adam_betas=(0.8, 0.95), distributed=False, **settings):
+        """One optimizer: Muon for the 2-D matrices inside the blocks, AdamW for the rest.
+
+        settings: any of OPTIMIZER_DEFAULTS (embedding_lr, unembedding_lr, matrix_lr, scalar_lr,
+        weight_decay); those not given keep their defaults."""
         from nanochat.optim import MuonAdamW, DistMuonAdamW
+        if set(settings) - set(OPTIMIZER_DEFAULTS):
+            raise TypeError(f"setup_optimizers() takes {', '.join(OPTIMIZER_DEFAULTS)}, "
+                            f"not {', '.join(sorted(set(settings) - set(OPTIMIZER_DEFAULTS)))}")
+        lr = {**OPTIMIZER_DEFAULTS, **settings}
         model_dim = self.config.n_embd
         # AdamW learning rates were tuned at dim 768; scale them as 1/sqrt(dim) for other sizes
         dmodel_lr_scale = (model_dim / 768) ** -0.5
@@ -351,14 +364,14 @@ class GPT(nn.Module):
         n_grouped = len(matrix_params) + len(embedding_params) + len(lm_head_params) + len(scalar_params)
         assert n_grouped == len(list(self.parameters())), "every parameter belongs to exactly one group"
         groups = [
-            dict(kind="adamw", name="lm_head", params=lm_head_params, lr=unembedding_lr * dmodel_lr_scale,
+            dict(kind="adamw", name="lm_head", params=lm_head_params, lr=lr["unembedding_lr"] * dmodel_lr_scale,
                  betas=adam_betas, eps=1e-10, weight_decay=0.0),
-            dict(kind="adamw", name="embedding", params=embedding_params, lr=embedding_lr * dmodel_lr_scale,
+            dict(kind="adamw", name="embedding", params=embedding_params, lr=lr["embedding_lr"] * dmodel_lr_scale,
                  betas=adam_betas, eps=1e-10, weight_decay=0.0),
-            dict(kind="adamw", name="scalar", params=scalar_params, lr=scalar_lr,
+            dict(kind="adamw", name="scalar", params=scalar_params, lr=lr["scalar_lr"],
                  betas=adam_betas, eps=1e-10, weight_decay=0.0),
-            dict(kind="muon", name="matrix", params=matrix_params, lr=matrix_lr, momentum=0.95,
-                 nesterov=True, ns_steps=5, weight_decay=weight_decay),
+            dict(kind="muon", name="matrix", params=matrix_params, lr=lr["matrix_lr"], momentum=0.95,
+                 nesterov=True, ns_steps=5, weight_decay=lr["weight_decay"]),
         ]
         cls = DistMuonAdamW if distributed else MuonAdamW
         optimizer = cls(groups)

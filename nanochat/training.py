@@ -15,7 +15,34 @@ import numpy as np
 import torch
 
 from nanochat.common import print0, format_duration, UserError
+from nanochat.gpt import OPTIMIZER_DEFAULTS
 from nanochat import checkpoint_manager as cm
+
+
+# -----------------------------------------------------------------------------
+# the optimizer
+
+def add_optimizer_args(parser):
+    """The optimizer flags of every training stage, with the defaults of GPT.setup_optimizers."""
+    d = OPTIMIZER_DEFAULTS
+    parser.add_argument("--embedding-lr", type=float, default=d["embedding_lr"], help="AdamW, token embeddings")
+    parser.add_argument("--unembedding-lr", type=float, default=d["unembedding_lr"], help="AdamW, the LM head")
+    parser.add_argument("--matrix-lr", type=float, default=d["matrix_lr"], help="Muon learning rate")
+    parser.add_argument("--scalar-lr", type=float, default=d["scalar_lr"], help="AdamW, the per-layer scalars")
+    parser.add_argument("--weight-decay", type=float, default=d["weight_decay"],
+                        help="decoupled weight decay of the Muon matrices")
+
+
+def build_optimizer(model, config, distributed=False):
+    """The MuonAdamW of a run from its flags as a dict (vars(args), or a meta's user_config):
+    the learning rates and weight decay of add_optimizer_args (missing ones take the defaults),
+    all scaled by its init_lr_frac where the stage has one (the finetuning stages and RL)."""
+    optimizer = model.setup_optimizers(distributed=distributed,
+                                       **{k: config[k] for k in OPTIMIZER_DEFAULTS if k in config})
+    init_lr_frac = config.get("init_lr_frac", 1.0)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = group["initial_lr"] * init_lr_frac
+    return optimizer
 
 
 # -----------------------------------------------------------------------------

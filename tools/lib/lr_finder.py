@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 from nanochat.common import UserError
-from nanochat.training import EMA, apply_lr
+from nanochat.gpt import OPTIMIZER_DEFAULTS
+from nanochat.training import EMA, apply_lr, build_optimizer
 from tools.lib.metrics import finite, find_spikes, smooth
 
-# the learning-rate flags of the training scripts and base_train's defaults
-LR_FLAGS = {"matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar_lr": 0.5}
+# the learning-rate flags of the training scripts, with the defaults they all share
+LR_FLAGS = {k: OPTIMIZER_DEFAULTS[k] for k in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr")}
 SCHEDULES = ("constant", "decay", "warmup", "warmup_decay", "custom")
 
 
@@ -271,7 +272,7 @@ def range_test_model(config, tokenizer, base_lrs, batch_size, seed=0, device="cp
     torch.manual_seed(seed)
     model = build_model(config, device)
     model.train()
-    optimizer = model.setup_optimizers(**base_lrs)
+    optimizer = build_optimizer(model, base_lrs)
     batches = iter(DataLoader(tokenizer, batch_size, config.sequence_len, "train", device, data_dir))
     for _ in range(seed * kwargs.get("num_steps", 100)):
         next(batches)  # each seed also sees different data, so the spread covers both sources of noise
