@@ -1,10 +1,13 @@
 """
-The parts of a training loop that every training stage shares: the learning-rate schedule,
-Muon's momentum warmup, exact save/resume of the whole training state, the per-step metrics
-record and the live progress line.
+The toolbox of the training loops: small functions that every training stage calls from the loop
+it shows in its own script (scripts/base_train.py, scripts/chat_finetune.py for midtraining and
+SFT, scripts/chat_rl.py). The loops themselves live in those scripts, not here.
 
-Pipeline position: scripts/base_train.py, mid_train.py, chat_sft.py and chat_rl.py call these;
-the tools (resume helper, LR finder, dashboard) read what they write.
+What is here: the optimizer and its flags, the learning-rate schedule and Muon's momentum warmup,
+how many steps and micro-batches, exact save/resume of the whole training state, the per-step
+loss/throughput figures, metrics record and live progress line, and the meta dict and report
+section every stage writes. The tools (resume helper, LR finder, dashboard) read what these write;
+the resume helper's replay steps with the same pieces.
 """
 
 import os
@@ -93,6 +96,7 @@ def training_length(num_iterations, target_flops, target_param_data_ratio, flops
 
 
 def grad_accum_steps(total_batch_size, device_batch_size, seq_len, world_size):
+    """Micro-batches per optimizer step when a step is --total-batch-size tokens (base, mid)."""
     per_step = device_batch_size * seq_len * world_size
     if total_batch_size % per_step != 0:
         raise UserError(f"--total-batch-size {total_batch_size} is not a multiple of device batch x sequence x "
@@ -101,11 +105,23 @@ def grad_accum_steps(total_batch_size, device_batch_size, seq_len, world_size):
     return total_batch_size // per_step
 
 
+def example_grad_accum_steps(examples_per_step, device_batch_size, world_size):
+    """Micro-batches per optimizer step when a step is --target-examples-per-step conversations (SFT)."""
+    per_step = device_batch_size * world_size
+    if examples_per_step % per_step:
+        raise UserError(f"--target-examples-per-step {examples_per_step} is not a multiple of "
+                        f"device batch x processes = {device_batch_size} x {world_size}; use a multiple of {per_step}")
+    return examples_per_step // per_step
+
+
 # -----------------------------------------------------------------------------
 # random state
 
 def get_rng_state():
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    # numpy's key is an ndarray; as a list the state loads with torch.load(weights_only=True)
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, key.tolist(), pos, has_gauss, cached_gaussian)}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -150,15 +166,19 @@ def load_training_checkpoint(ckpt_dir, step, model, optimizer, rt):
     return meta, loader_state
 
 
-def start_or_resume(ckpt_dir, resume_from_step, model, optimizer, rt):
+def start_or_resume(ckpt_dir, resume_from_step, model, optimizer, rt, loop_state=None):
     """The state a training stage starts from: (start_step, loader_state, loop_state, val_bpb).
 
-    resume_from_step < 0: a fresh run (step 0, a fresh metrics.jsonl). Otherwise model, optimizer
-    and RNG come back from that checkpoint and metrics.jsonl is cut back to it, so that every step
-    appears in the log exactly once."""
-    loop_state = {"min_val_bpb": float("inf"), "smooth_train_loss": 0.0, "smooth_count": 0,
-                  "total_training_time": 0.0, "tokens_seen": 0}
+    loop_state: the running figures the stage keeps in its meta, as they are at step 0 (default:
+    those of the supervised stages, base, mid and sft). resume_from_step < 0: a fresh run (step 0,
+    a fresh metrics.jsonl). Otherwise model, optimizer and RNG come back from that checkpoint,
+    loop_state from its meta, and metrics.jsonl is cut back to it, so that every step appears in
+    the log exactly once."""
+    if loop_state is None:
+        loop_state = {"min_val_bpb": float("inf"), "smooth_train_loss": 0.0, "smooth_count": 0,
+                      "total_training_time": 0.0, "tokens_seen": 0}
     if resume_from_step < 0:
+        cm.check_fresh_run_dir(ckpt_dir)  # never mix two runs' checkpoints in one folder
         metrics = os.path.join(ckpt_dir, cm.METRICS_FILE)
         if rt.master and os.path.exists(metrics):
             os.remove(metrics)  # a fresh run starts a fresh log
@@ -213,86 +233,46 @@ class Progress:
 
 
 # -----------------------------------------------------------------------------
-# the optimizer-step loop shared by the finetuning stages (mid_train, chat_sft)
+# what a stage writes: the per-step figures, the metrics record, the meta, the report section
 
-def train_step(train_model, optimizer, batches, grad_accum, rt, lr_mult, step):
-    """One optimizer step: gradients of `grad_accum` micro-batches summed (each loss divided by
-    grad_accum, so the sum is the gradient of the mean), then the scheduled LR, then the update.
+def reduce_step(loss_sum, tokens, grad_accum, rt):
+    """(mean loss of the step, tokens in it) over every process, as a float and an int.
 
-    Returns (mean loss as a 0-d tensor, tokens in the micro-batches, {group name: lr}).
-    base_train, mid_train, chat_sft and the resume helper's replay all step through here."""
-    loss_sum = torch.zeros((), device=rt.device)
-    tokens = 0
-    for _ in range(grad_accum):
-        x, y = next(batches)
-        with rt.autocast():
-            loss = train_model(x, y)
-        loss_sum += loss.detach()
-        tokens += x.numel()
-        (loss / grad_accum).backward()
-    lrs = apply_lr(optimizer, lr_mult, step)
-    optimizer.step()
-    train_model.zero_grad(set_to_none=True)
-    return loss_sum / grad_accum, tokens, lrs
+    loss_sum: the micro-batches' losses added up (a 0-d tensor). Tokens are counted from the
+    batches themselves, so stages with padded rows of varying length report real throughput."""
+    loss = loss_sum / grad_accum
+    tokens = torch.tensor(tokens, device=rt.device, dtype=torch.long)
+    if rt.ddp:
+        torch.distributed.all_reduce(loss, op=torch.distributed.ReduceOp.AVG)
+        torch.distributed.all_reduce(tokens)
+    return loss.item(), int(tokens.item())
 
 
-def run_training_steps(*, model, optimizer, rt, batches, loader, num_iterations, start_step, grad_accum,
-                       ckpt_dir, loop_state, lr_schedule, run_val, eval_every, save_every, make_meta,
-                       flops_per_token, peak_flops, train_model=None, val_bpb=None, after_step=None):
-    """Train from `start_step` to `num_iterations`, with the progress line, metrics.jsonl and checkpoints.
+def mfu_percent(flops_per_token, tokens_per_sec, peak_flops, world_size):
+    """Model FLOPs utilisation in percent (None when the device's peak is unknown)."""
+    return 100 * flops_per_token * tokens_per_sec / (peak_flops * world_size) if peak_flops else None
 
-    batches: iterator of (inputs, targets); each optimizer step takes `grad_accum` of them.
-    lr_schedule(step) -> multiplier. run_val() -> val bpb (every `eval_every` steps and at the end).
-    make_meta(done, val_bpb, train_loss, lr_mult, lrs) -> the meta dict of a checkpoint.
-    after_step(done, last) runs after each step's bookkeeping (samples, CORE, ...), before saving.
-    loop_state is updated in place (tokens_seen, total_training_time, smooth loss, min_val_bpb).
-    Tokens per step are counted from the batches themselves (summed over ranks), so stages with
-    padded rows of varying length report real throughput. Returns (train_loss, val_bpb)."""
-    train_model = train_model or model
-    smooth = EMA(0.9, loop_state.get("smooth_train_loss", 0.0), loop_state.get("smooth_count", 0))
-    progress = Progress(num_iterations, start_step)
-    train_loss = None
-    for step in range(start_step, num_iterations):
-        done = step + 1
-        rt.synchronize()
-        t0 = time.time()
-        lr_mult = lr_schedule(step)
-        train_loss_t, n_tokens, lrs = train_step(train_model, optimizer, batches, grad_accum, rt, lr_mult, step)
-        tokens = torch.tensor(n_tokens, device=rt.device, dtype=torch.long)
-        if rt.ddp:
-            torch.distributed.all_reduce(train_loss_t, op=torch.distributed.ReduceOp.AVG)
-            torch.distributed.all_reduce(tokens)
-        train_loss = train_loss_t.item()
-        step_tokens = int(tokens.item())
-        rt.synchronize()
-        dt = time.time() - t0
-        if not np.isfinite(train_loss):
-            print0(f"step {done}: the loss is {train_loss}; training diverged (try a lower learning rate)")
-        loop_state["total_training_time"] = loop_state.get("total_training_time", 0.0) + dt
-        loop_state["tokens_seen"] = loop_state.get("tokens_seen", 0) + step_tokens
-        smooth.update(train_loss)
-        loop_state["smooth_train_loss"], loop_state["smooth_count"] = smooth.value, smooth.count
-        tok_per_sec = step_tokens / dt
-        mfu = 100 * flops_per_token * tok_per_sec / (peak_flops * rt.world_size) if peak_flops else None
-        last = done == num_iterations
-        measured_val = None
-        if eval_every > 0 and (done % eval_every == 0 or last):
-            val_bpb = measured_val = run_val()
-            loop_state["min_val_bpb"] = min(loop_state.get("min_val_bpb", float("inf")), val_bpb)
-        progress.print(step, smooth.debiased(), lr_mult, dt, tok_per_sec, mfu,
-                       extra=f" | val bpb {measured_val:.4f}" if measured_val is not None else "")
-        if rt.master:
-            record = {"step": done, "tokens": loop_state["tokens_seen"], "train_loss": train_loss,
-                      "smooth_train_loss": smooth.debiased(), "lr": lr_mult, "lrs": lrs, "dt": dt,
-                      "tokens_per_sec": tok_per_sec, "mfu": mfu, "time": loop_state["total_training_time"],
-                      "wall": time.time()}
-            if measured_val is not None:
-                record["val_bpb"] = measured_val
-            cm.append_metrics(ckpt_dir, record)
-        if after_step is not None:
-            after_step(done, last)
-        if last or (save_every > 0 and done % save_every == 0):
-            meta = make_meta(done, val_bpb, train_loss, lr_mult, lrs)
-            save_training_checkpoint(ckpt_dir, done, model, optimizer, loader.state_dict(), meta, rt)
-            print0(f"saved checkpoint {cm.model_path(ckpt_dir, done)}")
-    return train_loss, val_bpb
+
+def metrics_record(step, loop_state, train_loss, smooth_loss, lr_mult, lrs, dt, tokens_per_sec, mfu, val_bpb=None):
+    """One line of metrics.jsonl for a supervised stage (base, mid, sft); step counts steps done."""
+    record = {"step": step, "tokens": loop_state["tokens_seen"], "train_loss": train_loss,
+              "smooth_train_loss": smooth_loss, "lr": lr_mult, "lrs": lrs, "dt": dt,
+              "tokens_per_sec": tokens_per_sec, "mfu": mfu, "time": loop_state["total_training_time"],
+              "wall": time.time()}
+    if val_bpb is not None:
+        record["val_bpb"] = val_bpb
+    return record
+
+
+def stage_meta(stage, step, model, user_config, num_iterations, loop_state, lr_mult, lrs, rt, **stage_keys):
+    """The meta dict of a checkpoint: the keys every stage writes, then the stage's own (stage_keys)."""
+    return {"step": step, "stage": stage, "model_config": model.config.to_dict(), "user_config": user_config,
+            "num_iterations": num_iterations, "loop_state": loop_state, "lr": {"multiplier": lr_mult, **lrs},
+            "world_size": rt.world_size, **stage_keys}
+
+
+def log_report(section, user_config, summary, rt):
+    """The stage's section of the report card (rank 0): its flags, then its figures."""
+    if rt.master:
+        from nanochat.report import get_report
+        get_report().log(section=section, data=[user_config, summary])

@@ -4,10 +4,12 @@ Pretraining: train the base model from scratch on the pretraining text.
 Pipeline position: after the tokenizer (scripts/tok_train.py); writes base_checkpoints/<tag>/,
 which midtraining (scripts/mid_train.py) and the evaluations start from.
 
-One batch, followed with a finger: DataLoader packs documents into (B, T) rows -> the GPT returns
-the mean cross-entropy -> backward, accumulated over micro-batches until --total-batch-size tokens
--> MuonAdamW step with the scheduled learning rate -> metrics.jsonl line + progress line ->
-every --save-every steps a checkpoint that --resume-from-step continues exactly.
+One batch, followed with a finger, in the loop at the bottom of main(): DataLoader packs
+documents into (B, T) rows -> the GPT returns the mean cross-entropy -> loss.backward(),
+accumulated over micro-batches until --total-batch-size tokens -> the scheduled learning rate
+(training.lr_multiplier) -> optimizer.step() of MuonAdamW -> metrics.jsonl line + progress line ->
+every --save-every steps a checkpoint that --resume-from-step continues exactly. The small pieces
+it calls (schedule, save/resume, records) are in nanochat/training.py.
 
 Examples:
     python -m scripts.base_train --depth 4 --max-seq-len 256 --num-iterations 200
@@ -15,11 +17,13 @@ Examples:
     python -m scripts.base_train --depth 4 --resume-from-step 100
 """
 
+import time
+import math
 import argparse
 
 import torch
 
-from nanochat.common import (compute_init, compute_cleanup, print0, get_peak_flops, run_main,
+from nanochat.common import (compute_init, compute_cleanup, print0, get_peak_flops, run_main, add_device_arg,
                              UserError, format_duration)
 from nanochat.gpt import config_from_depth, build_model
 from nanochat.dataloader import DataLoader
@@ -33,7 +37,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # run
     p.add_argument("--run", type=str, default="dummy", help="run name (recorded in the meta and report)")
-    p.add_argument("--device-type", type=str, default="", help="cuda|cpu|mps (empty: autodetect)")
+    add_device_arg(p)
     p.add_argument("--model-tag", type=str, default=None, help="checkpoint folder name (default d<depth>)")
     p.add_argument("--data-dir", type=str, default=None, help="folder of .parquet/.txt/.jsonl (default: downloaded shards, else the embedded corpus)")
     p.add_argument("--seed", type=int, default=42)
@@ -52,11 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward/backward per process")
     p.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step")
     # optimizer
-    p.add_argument("--embedding-lr", type=float, default=0.2)
-    p.add_argument("--unembedding-lr", type=float, default=0.004)
-    p.add_argument("--matrix-lr", type=float, default=0.02, help="Muon learning rate")
-    p.add_argument("--scalar-lr", type=float, default=0.5)
-    p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay of the Muon matrices")
+    tr.add_optimizer_args(p)
     p.add_argument("--warmup-ratio", type=float, default=0.0)
     p.add_argument("--warmdown-ratio", type=float, default=0.4)
     p.add_argument("--final-lr-frac", type=float, default=0.0)
@@ -81,6 +81,8 @@ def main(argv=None):
     token_bytes = get_token_bytes(rt.device)
     vocab_size = tokenizer.get_vocab_size()
 
+    # -------------------------------------------------------------------------
+    # the model, the length of the run and the optimizer
     if args.depth < 1 or args.max_seq_len < 2 or args.device_batch_size < 1:
         raise UserError("--depth, --max-seq-len and --device-batch-size must be positive")
     config = config_from_depth(args.depth, vocab_size, args.max_seq_len, args.aspect_ratio, args.head_dim,
@@ -103,51 +105,88 @@ def main(argv=None):
     print0(f"steps: {num_iterations} (from {length_from}) x {args.total_batch_size:,} tokens "
            f"= {num_iterations * args.total_batch_size:,} tokens | grad accumulation {grad_accum} | "
            f"{rt.world_size} process(es) on {rt.device_type}")
+    optimizer = tr.build_optimizer(model, user_config, distributed=rt.ddp)
 
-    optimizer = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
-                                       matrix_lr=args.matrix_lr, scalar_lr=args.scalar_lr,
-                                       weight_decay=args.weight_decay, distributed=rt.ddp)
+    # -------------------------------------------------------------------------
+    # start or resume, then the data
     start_step, loader_state, loop_state, val_bpb = tr.start_or_resume(
         ckpt_dir, args.resume_from_step, model, optimizer, rt)
-
     train_loader = DataLoader(tokenizer, args.device_batch_size, args.max_seq_len, "train", rt.device,
                               args.data_dir, rt.rank, rt.world_size, state=loader_state)
     batches = iter(train_loader)
 
-    def val_batches():
-        return iter(DataLoader(tokenizer, args.device_batch_size, args.max_seq_len, "val", rt.device,
-                               args.data_dir, rt.rank, rt.world_size, repeat=False))
-
     eval_steps = max(1, args.eval_tokens // (args.device_batch_size * args.max_seq_len * rt.world_size))
+
+    def run_val():
+        """Bits per byte on the val split, from its start each time (the same tokens at every eval)."""
+        val_batches = iter(DataLoader(tokenizer, args.device_batch_size, args.max_seq_len, "val", rt.device,
+                                      args.data_dir, rt.rank, rt.world_size, repeat=False))
+        model.eval()
+        bpb = evaluate_bpb(model, val_batches, eval_steps, token_bytes, rt.autocast)
+        model.train()
+        return bpb
+
     use_compile = args.compile == 1 or (args.compile == -1 and rt.device_type == "cuda")
     train_model = torch.compile(model, dynamic=False) if use_compile else model
     peak_flops, peak_desc = get_peak_flops(rt.device_type)
     print0(f"peak for MFU: {peak_desc}" + (f" = {peak_flops / 1e9:,.0f} GFLOP/s" if peak_flops else ""))
 
-    def run_val():
-        model.eval()
-        bpb = evaluate_bpb(model, val_batches(), eval_steps, token_bytes, rt.autocast)
-        model.train()
-        return bpb
-
     if args.eval_every > 0 and start_step == 0:
         val_bpb = run_val()
         print0(f"step 00000 | val bpb {val_bpb:.4f} (untrained)")
 
-    def lr_schedule(step):
-        return tr.lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
+    # -------------------------------------------------------------------------
+    # the training loop
+    smooth = tr.EMA(0.9, loop_state["smooth_train_loss"], loop_state["smooth_count"])
+    progress = tr.Progress(num_iterations, start_step)
+    session_start_time = loop_state["total_training_time"]
+    train_loss = None
+    for step in range(start_step, num_iterations):
+        done = step + 1  # steps finished after this one: what the logs and checkpoints count
+        last = done == num_iterations
+        rt.synchronize()
+        t0 = time.time()
 
-    def make_meta(done, val_bpb, train_loss, lr_mult, lrs):
-        return {
-            "step": done, "val_bpb": val_bpb, "model_config": config.to_dict(), "user_config": user_config,
-            "device_batch_size": args.device_batch_size, "max_seq_len": args.max_seq_len,
-            "total_batch_size": args.total_batch_size, "dataloader_state_dict": train_loader.state_dict(),
-            "loop_state": loop_state, "train_loss": train_loss,
-            "lr": {"multiplier": lr_mult, **lrs}, "num_iterations": num_iterations,
-            "tokens_seen": loop_state["tokens_seen"], "world_size": rt.world_size, "stage": "base",
-        }
+        # forward and backward over grad_accum micro-batches; the gradients add up in .grad
+        loss_sum = torch.zeros((), device=rt.device)
+        step_tokens = 0
+        for _ in range(grad_accum):
+            x, y = next(batches)  # (B, T) inputs, (B, T) targets
+            with rt.autocast():
+                loss = train_model(x, y)  # mean cross-entropy of the micro-batch
+            loss_sum += loss.detach()
+            step_tokens += x.numel()
+            loss = loss / grad_accum  # so the summed gradients are those of the mean over the whole step
+            loss.backward()
+        # the update, at this step's learning rate
+        lr_mult = tr.lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
+        lrs = tr.apply_lr(optimizer, lr_mult, step)
+        optimizer.step()
+        train_model.zero_grad(set_to_none=True)
 
-    def after_step(done, last):
+        # what the step did: loss and tokens over all processes, time, throughput
+        train_loss, step_tokens = tr.reduce_step(loss_sum, step_tokens, grad_accum, rt)
+        rt.synchronize()
+        dt = time.time() - t0
+        if not math.isfinite(train_loss):
+            print0(f"step {done}: the loss is {train_loss}; training diverged (try a lower learning rate)")
+        loop_state["total_training_time"] += dt
+        loop_state["tokens_seen"] += step_tokens
+        smooth.update(train_loss)
+        loop_state["smooth_train_loss"], loop_state["smooth_count"] = smooth.value, smooth.count
+        tok_per_sec = step_tokens / dt
+        mfu = tr.mfu_percent(flops_per_token, tok_per_sec, peak_flops, rt.world_size)
+
+        # evaluation, the progress line and the metrics record
+        measured_val = None
+        if args.eval_every > 0 and (done % args.eval_every == 0 or last):
+            val_bpb = measured_val = run_val()
+            loop_state["min_val_bpb"] = min(loop_state["min_val_bpb"], val_bpb)
+        progress.print(step, smooth.debiased(), lr_mult, dt, tok_per_sec, mfu,
+                       extra=f" | val bpb {measured_val:.4f}" if measured_val is not None else "")
+        if rt.master:
+            cm.append_metrics(ckpt_dir, tr.metrics_record(done, loop_state, train_loss, smooth.debiased(), lr_mult,
+                                                          lrs, dt, tok_per_sec, mfu, measured_val))
         if args.core_metric_every > 0 and (done % args.core_metric_every == 0 or last):
             from nanochat.core_eval import evaluate_core_for_training
             core = evaluate_core_for_training(model, tokenizer, rt, args.core_metric_max_per_task)
@@ -159,33 +198,33 @@ def main(argv=None):
                 print0("  sample: " + line.replace("\n", " "))
             model.train()
 
-    loop_state_at_start = loop_state["total_training_time"]
-    train_loss, val_bpb = tr.run_training_steps(
-        model=model, optimizer=optimizer, rt=rt, batches=batches, loader=train_loader,
-        num_iterations=num_iterations, start_step=start_step, grad_accum=grad_accum, ckpt_dir=ckpt_dir,
-        loop_state=loop_state, lr_schedule=lr_schedule, run_val=run_val, eval_every=args.eval_every,
-        save_every=args.save_every, make_meta=make_meta, flops_per_token=flops_per_token,
-        peak_flops=peak_flops, train_model=train_model, val_bpb=val_bpb, after_step=after_step)
+        # the checkpoint: weights, optimizer, data position and RNG, so that a resume is exact
+        if last or (args.save_every > 0 and done % args.save_every == 0):
+            meta = tr.stage_meta("base", done, model, user_config, num_iterations, loop_state, lr_mult, lrs, rt,
+                                 val_bpb=val_bpb, train_loss=train_loss, tokens_seen=loop_state["tokens_seen"],
+                                 device_batch_size=args.device_batch_size, max_seq_len=args.max_seq_len,
+                                 total_batch_size=args.total_batch_size,
+                                 dataloader_state_dict=train_loader.state_dict())
+            tr.save_training_checkpoint(ckpt_dir, done, model, optimizer, train_loader.state_dict(), meta, rt)
+            print0(f"saved checkpoint {cm.model_path(ckpt_dir, done)}")
 
+    # -------------------------------------------------------------------------
+    # the summary line and the report
     total_time = loop_state["total_training_time"]
     min_val = loop_state["min_val_bpb"]
     trained = loop_state["tokens_seen"] - start_step * args.total_batch_size  # tokens of this session
-    session_time = total_time - (loop_state_at_start or 0.0)
+    session_time = total_time - session_start_time
     tok_per_sec = trained / session_time if session_time > 0 else 0.0
-    mfu = 100 * flops_per_token * tok_per_sec / (peak_flops * rt.world_size) if peak_flops else None
+    mfu = tr.mfu_percent(flops_per_token, tok_per_sec, peak_flops, rt.world_size)
     print0(f"done: {num_iterations} steps, {format_duration(total_time)} of training, {tok_per_sec:,.0f} tok/s"
            + (f", MFU {mfu:.1f}%" if mfu is not None else "")
            + (f" | min val bpb {min_val:.4f}" if min_val != float("inf") else ""))
-    if rt.master:
-        from nanochat.report import get_report
-        get_report().log(section="Base model training", data=[
-            user_config,
-            {"Number of parameters": num_params, "FLOPs per token": f"{flops_per_token:e}",
-             "Steps": num_iterations, "Tokens": loop_state["tokens_seen"],
-             "Final train loss": train_loss, "Min val bpb": min_val,
-             "Training time": format_duration(total_time), "Tokens per second": round(tok_per_sec),
-             "MFU": f"{mfu:.1f}% of {peak_desc}" if mfu is not None else "unknown peak"},
-        ])
+    tr.log_report("Base model training", user_config, {
+        "Number of parameters": num_params, "FLOPs per token": f"{flops_per_token:e}",
+        "Steps": num_iterations, "Tokens": loop_state["tokens_seen"],
+        "Final train loss": train_loss, "Min val bpb": min_val,
+        "Training time": format_duration(total_time), "Tokens per second": round(tok_per_sec),
+        "MFU": f"{mfu:.1f}% of {peak_desc}" if mfu is not None else "unknown peak"}, rt)
     compute_cleanup()
 
 

@@ -8,6 +8,8 @@ chat_web and RL load.
 Why another stage after midtraining: midtraining packs conversations densely into long rows; SFT
 shows each conversation on its own, padded, starting at position 0 of a row, exactly as the model
 sees a conversation when it chats, with a small learning rate (--init-lr-frac) that decays to 0.
+The training loop is the one midtraining uses, in scripts/chat_finetune.py; this file adds the
+flags that only SFT has.
 
 The default mixture is ARC-Easy + ARC-Challenge + GSM8K + SmolTalk from the Hugging Face hub plus
 the offline synthetic tasks (Identity, SpellingBee, SimpleSpelling, Arithmetic). Without a network
@@ -23,7 +25,7 @@ Examples:
 import argparse
 
 from nanochat.common import run_main
-from nanochat.finetune import add_finetune_args, run_finetune
+from scripts.chat_finetune import add_finetune_args, finetune
 
 
 def parse_args(argv=None):
@@ -36,7 +38,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    run_finetune(parse_args(argv), "sft")
+    finetune(parse_args(argv), "sft")
 
 
 if __name__ == "__main__":

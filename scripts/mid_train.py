@@ -5,10 +5,11 @@ Pipeline position: after pretraining (scripts/base_train.py); loads base_checkpo
 writes mid_checkpoints/<tag>/ (model, meta, optimizer, metrics.jsonl), which SFT
 (scripts/chat_sft.py) starts from.
 
-One batch, followed with a finger: task conversations (tasks/) -> render_conversation -> ids + mask
--> whole conversations packed into (B, T) rows, targets -1 except on what the assistant writes
-(nanochat/chat_data.py) -> the same optimizer step, schedule, metrics and checkpoints as
-pretraining (nanochat/finetune.py, nanochat/training.py).
+One batch, followed with a finger: task conversations (tasks/mixtures.py) -> render_conversation
+-> ids + mask -> whole conversations packed into (B, T) rows, targets -1 except on what the
+assistant writes (nanochat/chat_data.py) -> the training loop shared with SFT, in
+scripts/chat_finetune.py: the same optimizer step, schedule, metrics and checkpoints as
+pretraining (pieces from nanochat/training.py).
 
 The default mixture is SmolTalk + MMLU auxiliary_train + GSM8K from the Hugging Face hub plus the
 offline synthetic tasks (Identity, SpellingBee, SimpleSpelling, Arithmetic). Without a network
@@ -24,7 +25,7 @@ Examples:
 import argparse
 
 from nanochat.common import run_main
-from nanochat.finetune import add_finetune_args, run_finetune
+from scripts.chat_finetune import add_finetune_args, finetune
 
 
 def parse_args(argv=None):
@@ -38,7 +39,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    run_finetune(parse_args(argv), "mid")
+    finetune(parse_args(argv), "mid")
 
 
 if __name__ == "__main__":

@@ -341,9 +341,10 @@ def pick_replay_start(ckpt_dir, n_steps):
 def replay_steps(ckpt_dir, n_steps, from_step=None, device="cpu", on_step=None):
     """Re-run n_steps optimizer steps from a checkpoint and compare with metrics.jsonl.
 
-    Works for the pretraining, midtraining and SFT stages. Each step is training.train_step, the
-    same function their scripts step through, fed by the same loader, restored to where the
-    checkpoint left it; tests compare the replayed losses against the logged ones."""
+    Works for the pretraining, midtraining and SFT stages. Each step is the step of their loops
+    (scripts/base_train.py, scripts/chat_finetune.py): the same micro-batches from the same loader,
+    restored to where the checkpoint left it, the same optimizer (training.build_optimizer) and
+    schedule (training.lr_multiplier); tests compare the replayed losses against the logged ones."""
     from nanochat.common import compute_init
     from nanochat.gpt import GPTConfig, build_model
     from nanochat.tokenizer import get_tokenizer
@@ -361,42 +362,48 @@ def replay_steps(ckpt_dir, n_steps, from_step=None, device="cpu", on_step=None):
     rt = compute_init(device, seed=uc.get("seed", 42))
     tokenizer = get_tokenizer()
     model = build_model(GPTConfig.from_dict(meta["model_config"]), rt.device)
-    optimizer = model.setup_optimizers(unembedding_lr=uc.get("unembedding_lr", 0.004),
-                                       embedding_lr=uc.get("embedding_lr", 0.2), matrix_lr=uc.get("matrix_lr", 0.02),
-                                       scalar_lr=uc.get("scalar_lr", 0.5), weight_decay=uc.get("weight_decay", 0.0))
+    optimizer = tr.build_optimizer(model, uc)
     meta, loader_state = tr.load_training_checkpoint(ckpt_dir, start, model, optimizer, rt)
     B, T = meta["device_batch_size"], meta["max_seq_len"]
     num_iterations = meta["num_iterations"]
     if stage == "base":
         from nanochat.dataloader import DataLoader
         loader = DataLoader(tokenizer, B, T, "train", rt.device, uc.get("data_dir"), state=loader_state)
-        grad_accum = tr.grad_accum_steps(meta["total_batch_size"], B, T, 1)
-
-        def lr_multiplier(step):
-            return tr.lr_multiplier(step, num_iterations, uc.get("warmup_ratio", 0.0), uc.get("warmdown_ratio", 0.4),
-                                    uc.get("final_lr_frac", 0.0))
     else:
-        from nanochat.chat_data import build_mixture, OFFLINE_TASKS
-        from nanochat import finetune as ft
+        from nanochat.chat_data import make_chat_loader
+        from tasks.mixtures import build_mixture, is_offline_mixture
         mixture = meta.get("task_mixture") or []
-        offline = uc.get("offline", False) or (bool(mixture) and mixture[0] in dict(OFFLINE_TASKS))
+        offline = uc.get("offline", False) or is_offline_mixture(mixture)
         task, names = build_mixture(stage, "train", offline, uc["synthetic_size"], uc.get("custom_json"),
                                     announce=False)
         if meta.get("task_mixture") and names != meta["task_mixture"]:
             raise UserError(f"the run trained on {', '.join(meta['task_mixture'])}, but here the mixture is "
                             f"{', '.join(names)} (is the hub unreachable?); its steps cannot be reproduced here")
-        loader = ft.make_chat_loader(stage, tokenizer, task, B, T, rt, state=loader_state)
-        grad_accum = ft.finetune_grad_accum(stage, uc, B, T, 1)
-
-        def lr_multiplier(step):
-            return ft.finetune_lr_multiplier(step, num_iterations, uc)
+        loader = make_chat_loader(stage, tokenizer, task, B, T, rt, state=loader_state)
+    if stage == "sft":
+        grad_accum = tr.example_grad_accum_steps(uc["target_examples_per_step"], B, 1)
+    else:
+        grad_accum = tr.grad_accum_steps(meta["total_batch_size"], B, T, 1)
     batches = iter(loader)
     rows = []
     model.train()
     for step in range(start, min(start + n_steps, num_iterations)):
-        loss, _, _ = tr.train_step(model, optimizer, batches, grad_accum, rt, lr_multiplier(step), step)
-        replayed = loss.item()
-        rows.append((step + 1, logged.get(step + 1), replayed))
+        # the step of the training loops, without their bookkeeping
+        loss_sum = torch.zeros((), device=rt.device)
+        for _ in range(grad_accum):
+            x, y = next(batches)
+            with rt.autocast():
+                loss = model(x, y)
+            loss_sum += loss.detach()
+            loss = loss / grad_accum
+            loss.backward()
+        # finetuning stages have no --warmup-ratio (0.0); all three have --warmdown-ratio and --final-lr-frac
+        lr_mult = tr.lr_multiplier(step, num_iterations, uc.get("warmup_ratio", 0.0), uc.get("warmdown_ratio", 0.4),
+                                   uc.get("final_lr_frac", 0.0))
+        tr.apply_lr(optimizer, lr_mult, step)
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        rows.append((step + 1, logged.get(step + 1), (loss_sum / grad_accum).item()))
         if on_step:
             on_step(step + 1)
     result = ReplayResult(start, rows, threads=torch.get_num_threads())
