@@ -47,7 +47,8 @@ def fit_prompt(tokenizer, messages, context_len):
     cannot fit."""
     system = [messages[0]] if messages and messages[0]["role"] == "system" else []
     turns = messages[len(system):]
-    dropped = 0
+    dropped = _hopeless_exchanges(tokenizer, turns, context_len)
+    turns = turns[dropped:]
     while True:
         ids = tokenizer.render_for_completion({"messages": system + turns})
         if len(ids) < context_len:
@@ -57,6 +58,31 @@ def fit_prompt(tokenizer, messages, context_len):
                                 f"{context_len - 1:,}, so shorten it")
         turns = turns[2:]
         dropped += 2
+
+
+def _hopeless_exchanges(tokenizer, turns, context_len):
+    """How many of the oldest turns (an even number) cannot stay whatever else is dropped.
+
+    fit_prompt would drop them one exchange at a time, rendering the whole conversation each
+    time: slow for a long history. A message adds at least its own content's tokens to the
+    prompt (the first kept one may absorb the system message, so it is not counted), so while
+    the messages after turn d hold context_len tokens or more, turn d cannot be kept."""
+    if len(turns) <= 2:
+        return 0
+    owners, texts = [], []  # every piece of text that render_conversation encodes on its own
+    for i, m in enumerate(turns):
+        for part in ([{"text": m["content"]}] if isinstance(m["content"], str) else m["content"]):
+            owners.append(i)
+            texts.append(part["text"])
+    sizes = [0] * len(turns)
+    for i, ids in zip(owners, tokenizer.encode(texts)):
+        sizes[i] += len(ids)
+    after = sum(sizes[1:])  # the tokens of every message after turn d, for d = 0, 2, 4, ...
+    d = 0
+    while d + 2 < len(turns) and after >= context_len:
+        after -= sizes[d + 1] + sizes[d + 2]
+        d += 2
+    return d
 
 
 def reply_parts(tokenizer, reply_ids):

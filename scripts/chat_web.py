@@ -8,19 +8,23 @@ flags, loads one model copy per GPU (one on CPU) and runs uvicorn.
 Endpoints:
     GET  /                      the chat page
     GET  /health                ready? how many workers, how many free
-    GET  /stats                 per-worker device, busy flag, requests served, tokens generated
-    POST /v1/chat/completions   the OpenAI Chat Completions API (stream or not); top_k as an extra field
-    GET  /v1/models             the one model served
-    POST /chat/completions      nanochat's own stream for the page: {"token": ...} events, then {"done": true}
+    GET  /stats                 per-worker device, busy flag, requests served, tokens generated; defaults
+    POST /v1/chat/completions   the OpenAI Chat Completions API (stream or not, logprobs); top_k as an extra field
+    POST /v1/completions        the OpenAI (legacy) Completions API: raw prompts, echo + logprobs for scoring
+    GET  /v1/models[/ID]        the one model served
+    POST /api/chat              the page's own stream: {"token": ..., "part": ...} events, then {"done": true}
+    POST /tokenize, /detokenize, GET /tokenizer_info    the tokenizer, as vLLM serves it (for lm-eval)
 
 Examples:
     python -m scripts.chat_web                          # the best sft model, http://127.0.0.1:8000
     python -m scripts.chat_web -i base -t 0.8 -k 50     # talk to the base model (it just continues text)
     python -m scripts.chat_web -i sft -g d20 -s 800 -m 1024
-    python -m scripts.chat_web -n 8 --host 0.0.0.0      # 8 GPUs, reachable from other machines
+    python -m scripts.chat_web -n 8 --host 0.0.0.0 --api-key "$KEY"   # 8 GPUs, reachable from other machines
 """
 
 import argparse
+import ipaddress
+import sys
 
 from nanochat.common import UserError, run_main, add_device_arg
 from nanochat.checkpoint_manager import add_checkpoint_args, checkpoint_from_args
@@ -39,6 +43,11 @@ def parse_args(argv=None):
     p.add_argument("-p", "--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--host", type=str, default="127.0.0.1",
                    help="address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    p.add_argument("--api-key", type=str, default=None,
+                   help="require this key (\"Authorization: Bearer KEY\") of every request but the page and /health")
+    p.add_argument("--cors-origin", type=str, action="append", default=[], metavar="ORIGIN",
+                   help="let pages from this web origin call the API (e.g. http://localhost:3000; repeatable; "
+                        "default: none)")
     p.add_argument("--max-queue", type=int, default=None,
                    help="requests that may wait for a busy worker before new ones get 503 (default: 8 per worker)")
     add_device_arg(p)
@@ -56,6 +65,15 @@ def check_port_free(host, port):
                             "or stop whatever uses it")
 
 
+def is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 def main(argv=None):
     args = parse_args(argv)
     defaults = SamplingDefaults(args.temperature, args.top_k, args.max_tokens)
@@ -69,9 +87,12 @@ def main(argv=None):
     workers, model_name, _ = load_workers(source, args.device_type, args.num_gpus, tag, step)
     max_queue = args.max_queue if args.max_queue is not None else 8 * len(workers)
     pool = WorkerPool(workers, max_queue)
-    app = create_app(pool, model_name, defaults)
+    app = create_app(pool, model_name, defaults, api_key=args.api_key, cors_origins=args.cors_origin)
     devices = ", ".join(str(w.device) for w in workers)
     print(f"serving {model_name} on {devices} ({len(workers)} worker(s), queue {max_queue})")
+    if not is_loopback(args.host) and not args.api_key:
+        print(f"warning: listening on {args.host}, beyond this machine, without --api-key: anyone who can reach "
+              "it can use the model", file=sys.stderr)
     print(f"open http://{args.host}:{args.port}/ in a browser  (Ctrl+C stops)")
 
     import uvicorn
