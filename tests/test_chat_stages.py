@@ -88,7 +88,7 @@ def test_chat_cli_answers_piped_input_and_exits_at_eof(chat_run):
 
 
 def test_chat_cli_long_conversations_lose_old_turns_not_the_session(chat_run):
-    long_turn = "the quick brown fox jumps over the lazy dog " * 12  # the tiny model reads 640 tokens
+    long_turn = "the quick brown fox jumps over the lazy dog " * 2  # the tiny model reads 64 tokens (its training length)
     too_long = "abcdefghij" * 400
     stdin = "\n".join([long_turn] * 8 + [too_long, "hello"]) + "\n"
     result = run_cli(chat_run, ["-i", "sft", "-m", "4", "-t", "0"], stdin=stdin)

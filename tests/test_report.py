@@ -82,5 +82,5 @@ def test_cli_generate_without_sections_is_one_line_error(tmp_path, monkeypatch, 
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
-        rp.run_main(lambda: rp.main(["generate"]))
+        rp.run_main(lambda argv: rp.main(["generate"]))
     assert e.value.code == 2 and capsys.readouterr().err.count("\n") == 1
