@@ -12,12 +12,21 @@ load too:
         metrics.jsonl                   one JSON object per training step (this project)
 
 Every write goes to a temporary name first and is renamed into place, so a crash mid-save never
-leaves a file that looks whole but is not.
+leaves a file that looks whole but is not; a save that fails (disk full, no permission) removes its
+temporary files and leaves the earlier checkpoints as they were.
+
+Files someone else made are untrusted: every .pt file loads with torch.load(weights_only=True)
+(tensors, numbers, strings and containers only; nothing a file names gets called), and each meta
+records the sha256 of the files it describes, so a damaged file is named instead of half-loaded.
+Each meta also records its run's `run_id`; a fresh run refuses a folder that holds another run's
+checkpoints (check_fresh_run_dir), so "the last checkpoint" of a folder is always one run's.
 """
 
 import os
 import re
 import json
+import uuid
+import hashlib
 
 import torch
 
@@ -127,34 +136,173 @@ def optim_path(ckpt_dir, step, rank=0):
 
 
 # -----------------------------------------------------------------------------
-# atomic writes
+# saving
 
-def _atomic_torch_save(obj, path):
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _write_text(text, path):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _atomic_write_text(text, path):
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+    try:
+        _write_text(text, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def sha256_of(path):
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def new_run_id():
+    return uuid.uuid4().hex[:12]
+
+
+def run_id_before(ckpt_dir, step):
+    """The run_id of the last complete checkpoint before `step` in this folder, or a new one.
+
+    A run keeps its id across resumes because a resumed run saves after the checkpoint it resumed
+    from; a fresh run finds no earlier checkpoint (check_fresh_run_dir saw to that) and starts one."""
+    earlier = [s for s in list_complete_steps(ckpt_dir) if s < step]
+    return (read_meta(ckpt_dir, earlier[-1]).get("run_id") if earlier else None) or new_run_id()
+
+
+class _WriteRecorder:
+    """The file torch.save writes through, remembering the OSError of a failed write: torch itself
+    reports one only as a RuntimeError ('unexpected pos ...') that no longer says why."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def _torch_save(state, path):
+    """torch.save to `path`, synced to disk; a failed write raises its OSError (ENOSPC, ...)."""
+    with open(path, "wb") as f:
+        out = _WriteRecorder(f)
+        try:
+            torch.save(state, out)
+        except RuntimeError as e:
+            if out.error is None:
+                raise
+            raise out.error from e
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(ckpt_dir, step, model_state, optim_state, meta, rank=0):
     """Save one checkpoint. Rank 0 writes model + meta; every rank writes its optimizer shard.
 
-    The model is written before the meta, and the meta last: a checkpoint only counts as
-    complete (list_complete_steps) once its meta exists, so a crash leaves no fake checkpoint."""
-    os.makedirs(ckpt_dir, exist_ok=True)
-    if optim_state is not None:
-        _atomic_torch_save(optim_state, optim_path(ckpt_dir, step, rank))
-    if rank == 0:
-        _atomic_torch_save(model_state, model_path(ckpt_dir, step))
-        _atomic_write_text(json.dumps(meta, indent=2, default=str), meta_path(ckpt_dir, step))
+    Every file is first written to a temporary name, then all are renamed into place, the meta
+    last: a checkpoint only counts as complete (list_complete_steps) once its meta exists, so a
+    crash leaves no fake checkpoint, and a save that fails part way (disk full, no permission)
+    removes what it wrote and leaves every earlier file, an older save of this step included, as it
+    was. Rank 0 adds to the meta its run's `run_id` and the sha256 of the files it wrote."""
+    files = []  # (final path, temporary path)
+    try:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        for state, path in ((optim_state, optim_path(ckpt_dir, step, rank)),
+                            (model_state if rank == 0 else None, model_path(ckpt_dir, step))):
+            if state is not None:
+                files.append((path, path + ".tmp"))
+                _torch_save(state, files[-1][1])
+        if rank == 0:
+            meta = dict(meta, run_id=meta.get("run_id") or run_id_before(ckpt_dir, step),
+                        sha256={os.path.basename(path): sha256_of(tmp) for path, tmp in files})
+            path = meta_path(ckpt_dir, step)
+            files.append((path, path + ".tmp"))
+            _write_text(json.dumps(meta, indent=2, default=str), files[-1][1])
+            if os.path.exists(path):
+                os.remove(path)  # an older save of this step stops counting until the new one is whole
+        for path, tmp in files:
+            os.replace(tmp, path)
+    except BaseException as e:
+        for _, tmp in files:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        if not isinstance(e, OSError):
+            raise
+        raise UserError(f"cannot save step {step} in {ckpt_dir} ({e.strerror or e}); nothing of this save was kept and the "
+                        f"earlier checkpoints are as they were: free some disk space or fix the folder's "
+                        f"permissions, then resume from the last checkpoint") from e
+
+
+def check_fresh_run_dir(ckpt_dir):
+    """Refuse to start a fresh run (no --resume-from-step) in a folder that holds a complete
+    checkpoint: its steps would mix with the new run's, and "the last checkpoint" would be
+    whichever run saved last. Leftovers of a run that never completed a checkpoint are no
+    checkpoint (list_complete_steps skips them), so they do not stop a fresh run."""
+    steps = list_complete_steps(ckpt_dir)
+    if steps:
+        raise UserError(f"{ckpt_dir} already holds the checkpoints of another run (last step {steps[-1]}): "
+                        f"continue it with --resume-from-step {steps[-1]}, or start the new run under another "
+                        f"--model-tag, or move that folder away first")
+
+
+# -----------------------------------------------------------------------------
+# loading without running code
+
+def _numpy_array_globals():
+    """What a numpy array needs to unpickle: optimizer files of this project written before the RNG
+    state was stored as lists hold numpy's RNG state as an array. Data only, like a tensor."""
+    import numpy as np
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_torch_file(path, device="cpu"):
+    """torch.load for a file that may come from anyone: weights_only=True, so the file can only
+    hold tensors, numbers, strings, containers (and numpy arrays); a file that names anything else
+    to call (a crafted pickle) is refused before anything runs. Failures are one UserError line."""
+    import warnings
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    try:
+        with warnings.catch_warnings():
+            # torch warns about a raw pickle's protocol before refusing it: the refusal says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            if allow is None:
+                return torch.load(path, map_location=device, weights_only=True)
+            with allow(_numpy_array_globals()):
+                return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        unsafe = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), re.IGNORECASE)
+        what = (f"it asks for {unsafe.group(1)}" if unsafe else
+                "it holds more than tensors and plain data" if "weights only" in str(e).lower() else None)
+        if what:
+            raise UserError(f"{path} is refused: {what}, and loading that could run code; nanochat loads only "
+                            f"tensors and plain data from a file") from e
+        raise UserError(f"cannot load {path}: {e.__class__.__name__} (truncated or corrupt file?)") from e
+
+
+def verify_checksum(path, meta):
+    """Check a file against the sha256 its meta recorded when it was saved (upstream metas record
+    none: then there is nothing to check)."""
+    recorded = meta.get("sha256")
+    expected = recorded.get(os.path.basename(path)) if isinstance(recorded, dict) else None
+    if expected is not None and sha256_of(path) != expected:
+        raise UserError(f"{path} is damaged: its sha256 is not the one its meta recorded when it was saved; "
+                        f"copy it again or pick another --step")
 
 
 # -----------------------------------------------------------------------------
@@ -183,16 +331,15 @@ def load_checkpoint(ckpt_dir, step, device="cpu", load_optimizer=False, rank=0):
         hint = f"available steps: {', '.join(map(str, steps))}" if steps else "the folder has no checkpoints"
         raise UserError(f"no checkpoint at step {step} in {ckpt_dir} ({hint})")
     meta = read_meta(ckpt_dir, step)
-    try:
-        model_state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise UserError(f"cannot load {path}: {e.__class__.__name__} (truncated or corrupt file?)")
+    verify_checksum(path, meta)
+    model_state = load_torch_file(path, device)
     optim_state = None
     if load_optimizer:
         opath = optim_path(ckpt_dir, step, rank)
         if not os.path.exists(opath):
             raise UserError(f"missing optimizer state {opath}: this checkpoint cannot be resumed exactly")
-        optim_state = torch.load(opath, map_location=device, weights_only=False)
+        verify_checksum(opath, meta)
+        optim_state = load_torch_file(opath, device)
     return model_state, optim_state, meta
 
 
