@@ -15,16 +15,25 @@ plain Python, for reading; the tests check that it learns exactly what rustbpe l
 The chat format (SPEC section 5) lives here too: `render_conversation` turns a conversation into token
 ids plus a loss mask that says which tokens the model is trained to predict.
 
-Saved under `<base dir>/tokenizer/`: tokenizer.pkl (the encoding) and token_bytes.pt (how many UTF-8
-bytes each token id stands for, used to measure loss in bits per byte).
+Saved under `<base dir>/tokenizer/` as plain data, so that loading a tokenizer someone sent you cannot
+run their code: tokenizer.tiktoken (the merges in tiktoken's own format: one "base64(token bytes) rank"
+line per token), tokenizer.json (the split pattern, the special tokens and the sha256 of the merges
+file) and token_bytes.pt (how many UTF-8 bytes each token id stands for, used to measure loss in bits
+per byte; a plain tensor, loaded with weights_only). Older folders hold tokenizer.pkl instead (this
+project's earlier format, or upstream nanochat's pickled tiktoken Encoding): it is still read, with an
+unpickler that builds nothing but the tokenizer's plain data.
 """
 
 import os
+import sys
+import json
+import base64
+import hashlib
 import pickle
 from collections import Counter
 from functools import lru_cache
 
-from nanochat.common import UserError, get_base_dir
+from nanochat.common import UserError, get_base_dir, print0
 
 # GPT-4's split pattern, except numbers are cut into groups of at most 2 digits (GPT-4 uses 3).
 # A small vocabulary cannot afford 1000 three-digit number tokens; 100 two-digit ones are plenty.
@@ -43,17 +52,33 @@ SPECIAL_TOKENS = [
     "<|output_end|>",
 ]
 
-TOKENIZER_FILE = "tokenizer.pkl"
+TOKENIZER_FILE = "tokenizer.json"      # pattern, special tokens, sha256 of the merges file
+MERGES_FILE = "tokenizer.tiktoken"     # the merges, in tiktoken's .tiktoken format
 TOKEN_BYTES_FILE = "token_bytes.pt"
-_PICKLE_FORMAT = 1
+LEGACY_PICKLE_FILE = "tokenizer.pkl"   # read only: this project's old format and upstream nanochat's
+_FORMAT = "nanochat-bpe-1"
+_PICKLE_FORMAT = 1                     # the "format" key of this project's old pickled dict
+_RETRAIN = "train a new one with: python -m scripts.tok_train"
 
 
-def _atomic_write_bytes(path, data):
-    """Write to a temporary file next to `path`, then rename: a crash never leaves half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def _atomic_write_files(files):
+    """Write {path: bytes} to temporary names next to each path, then rename them all into place:
+    a crash never leaves half a file, and a failed write (disk full, no permission) leaves every old
+    file as it was and no temporary file."""
+    written = []
+    try:
+        for path, data in files.items():
+            written.append((f"{path}.tmp-{os.getpid()}", path))
+            with open(written[-1][0], "wb") as f:
+                f.write(data)
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except OSError as e:
+        for tmp, _ in written:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise UserError(f"cannot write {', '.join(files)} ({e.strerror or e}); the old files are as they were: "
+                        "free some disk space or fix the folder's permissions and try again") from e
 
 
 class RustBPETokenizer:
@@ -97,32 +122,40 @@ class RustBPETokenizer:
         return cls(trainer.get_pattern(), mergeable_ranks)
 
     def save(self, directory):
-        """Write tokenizer.pkl into `directory` (created if needed)."""
+        """Write tokenizer.tiktoken and tokenizer.json into `directory` (created if needed).
+
+        The JSON records the merges file's sha256, so that a merges file from another tokenizer
+        (or a damaged one) is caught when loading, not turned into wrong token ids."""
         os.makedirs(directory, exist_ok=True)
-        pieces = {
-            "format": _PICKLE_FORMAT,
-            "pattern": self.pattern,
-            "mergeable_ranks": self.mergeable_ranks,
-            "special_tokens": self.special_tokens,
-        }
+        merges = "".join(f"{base64.b64encode(token).decode('ascii')} {rank}\n"
+                         for token, rank in sorted(self.mergeable_ranks.items(), key=lambda kv: kv[1]))
+        merges = merges.encode("ascii")
+        header = {"format": _FORMAT, "pattern": self.pattern, "special_tokens": self.special_tokens,
+                  "merges_sha256": hashlib.sha256(merges).hexdigest()}
         path = os.path.join(directory, TOKENIZER_FILE)
-        _atomic_write_bytes(path, pickle.dumps(pieces, protocol=pickle.HIGHEST_PROTOCOL))
+        _atomic_write_files({os.path.join(directory, MERGES_FILE): merges,
+                             path: (json.dumps(header, indent=2, ensure_ascii=False) + "\n").encode("utf-8")})
+        legacy = os.path.join(directory, LEGACY_PICKLE_FILE)
+        if os.path.exists(legacy):
+            os.remove(legacy)  # it describes the tokenizer this one replaces
         return path
 
     @classmethod
     def from_directory(cls, directory):
+        """Load the tokenizer saved in `directory`: tokenizer.json + tokenizer.tiktoken, else an
+        older tokenizer.pkl (read as data only, see _read_legacy_pickle)."""
         path = os.path.join(directory, TOKENIZER_FILE)
-        if not os.path.exists(path):
+        legacy = os.path.join(directory, LEGACY_PICKLE_FILE)
+        if os.path.exists(path):
+            pieces = _read_tokenizer_files(directory)
+        elif os.path.exists(legacy):
+            path, pieces = legacy, _read_legacy_pickle(legacy)
+        else:
             raise UserError(f"no tokenizer at {path}; train one with: python -m scripts.tok_train")
         try:
-            with open(path, "rb") as f:
-                pieces = pickle.load(f)
-            if pieces.get("format") != _PICKLE_FORMAT:
-                raise ValueError(f"format {pieces.get('format')!r}")
-        except Exception as e:
-            raise UserError(f"{path} is not a tokenizer this version can read ({e}); "
-                            "train a new one with: python -m scripts.tok_train") from e
-        return cls(pieces["pattern"], pieces["mergeable_ranks"], pieces["special_tokens"])
+            return cls(*pieces)
+        except ValueError as e:  # tiktoken refuses the pattern or the vocabulary
+            raise UserError(f"{path} does not make a working tokenizer ({e}); {_RETRAIN}") from e
 
     # -------------------------------------------------------------------------
     # the vocabulary
@@ -278,6 +311,123 @@ def _fold_system_message(messages):
 
 
 # -----------------------------------------------------------------------------
+# reading a saved tokenizer: the data-only files, and the older pickle without running code
+
+def _read_tokenizer_files(directory):
+    """(pattern, mergeable_ranks, special_tokens) from tokenizer.json + tokenizer.tiktoken."""
+    path = os.path.join(directory, TOKENIZER_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a tokenizer this version can read ({e.__class__.__name__}); {_RETRAIN}") from e
+    if not isinstance(header, dict) or header.get("format") != _FORMAT:
+        raise UserError(f"{path} is not a nanochat tokenizer (its format is "
+                        f"{header.get('format') if isinstance(header, dict) else None!r}, expected {_FORMAT!r}); {_RETRAIN}")
+    merges_path = os.path.join(directory, MERGES_FILE)
+    if not os.path.exists(merges_path):
+        raise UserError(f"{merges_path} is missing (it holds the merges {path} needs); {_RETRAIN}")
+    with open(merges_path, "rb") as f:
+        merges = f.read()
+    if hashlib.sha256(merges).hexdigest() != header.get("merges_sha256"):
+        raise UserError(f"{merges_path} does not match {path} (sha256 differs): it is damaged or from another "
+                        f"tokenizer; copy both files again or {_RETRAIN}")
+    ranks = {}
+    for lineno, line in enumerate(merges.splitlines(), 1):
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError as e:
+            raise UserError(f"{merges_path} line {lineno} is not 'base64 rank' ({e}); {_RETRAIN}") from e
+    return _checked_pieces(path, header.get("pattern"), ranks, header.get("special_tokens"))
+
+
+def _checked_pieces(path, pattern, ranks, special_tokens):
+    """The three pieces a tokenizer is built from, checked for type: loaded files are untrusted."""
+    ok = (isinstance(pattern, str) and isinstance(ranks, dict) and ranks
+          and all(type(k) is bytes and type(v) is int and v >= 0 for k, v in ranks.items())
+          and isinstance(special_tokens, dict) and "<|bos|>" in special_tokens
+          and all(type(k) is str and type(v) is int and v >= 0 for k, v in special_tokens.items()))
+    if not ok:
+        raise UserError(f"{path} does not hold a BPE tokenizer (a split pattern, merges and special tokens "
+                        f"with <|bos|>); {_RETRAIN}")
+    ids = list(ranks.values()) + list(special_tokens.values())
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{path} gives one id to two tokens; the file is damaged: {_RETRAIN}")
+    return pattern, ranks, special_tokens
+
+
+class _Refused(pickle.UnpicklingError):
+    """The legacy unpickler met something that is not plain tokenizer data."""
+
+
+class _PickledEncodingState:
+    """What the legacy unpickler builds where upstream's pickle names tiktoken.core.Encoding.
+
+    Unpickling a real Encoding would call its __setstate__, which runs Encoding.__init__ on whatever
+    the file holds (or, given a name, fetches a registered encoding over the network). This stand-in
+    only keeps the four plain fields that upstream's pickle carries; nothing is called."""
+
+    FIELDS = {"name", "pat_str", "mergeable_ranks", "special_tokens"}
+
+    def __new__(cls, *args):  # the NEWOBJ opcode: cls.__new__(cls), with no arguments in upstream's file
+        if args:
+            raise _Refused("it builds tiktoken.core.Encoding with arguments")
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):  # the REDUCE opcode would call the class: not in upstream's file
+        raise _Refused("it calls tiktoken.core.Encoding")
+
+    def __setstate__(self, state):  # the BUILD opcode
+        if not isinstance(state, dict) or set(state) != self.FIELDS:
+            raise _Refused("it gives tiktoken.core.Encoding a state that is not its four data fields")
+        self.state = state
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that resolves no global name except tiktoken.core.Encoding, and that one to
+    _PickledEncodingState. Pickles run code by naming a function (os.system, eval, ...) that the
+    unpickler then calls; here every such name is refused before anything is called."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("tiktoken.core", "Encoding"):
+            return _PickledEncodingState
+        raise _Refused(f"it asks for {module}.{name}")
+
+    def persistent_load(self, pid):
+        raise _Refused("it asks for a persistent object")
+
+
+_legacy_notes = set()
+
+
+def _read_legacy_pickle(path):
+    """(pattern, mergeable_ranks, special_tokens) from a tokenizer.pkl: this project's old pickled
+    dict, or upstream nanochat's pickled tiktoken Encoding. Read with _DataOnlyUnpickler, so a
+    crafted file cannot run code; it can only fail to load."""
+    try:
+        with open(path, "rb") as f:
+            obj = _DataOnlyUnpickler(f).load()
+    except _Refused as e:
+        raise UserError(f"{path} is refused: {e} (a pickle can run code, so nothing but plain tokenizer data "
+                        f"is read from it); {_RETRAIN}") from e
+    except Exception as e:  # truncated or not a pickle at all
+        raise UserError(f"{path} is not a tokenizer this version can read ({e.__class__.__name__}); {_RETRAIN}") from e
+    if isinstance(obj, _PickledEncodingState):  # upstream nanochat
+        state = obj.state
+        pieces = _checked_pieces(path, state["pat_str"], state["mergeable_ranks"], state["special_tokens"])
+    elif isinstance(obj, dict) and obj.get("format") == _PICKLE_FORMAT:  # this project before tokenizer.json
+        pieces = _checked_pieces(path, obj.get("pattern"), obj.get("mergeable_ranks"), obj.get("special_tokens"))
+    else:
+        raise UserError(f"{path} is not a tokenizer this version can read; {_RETRAIN}")
+    if path not in _legacy_notes:
+        _legacy_notes.add(path)
+        print0(f"note: read {path}, a pickle; a pickle can run code, so only plain tokenizer data was "
+               "accepted from it", file=sys.stderr)
+    return pieces
+
+
+# -----------------------------------------------------------------------------
 # loading the trained tokenizer and its token byte counts
 
 def get_tokenizer_dir():
@@ -313,17 +463,22 @@ def save_token_bytes(tokenizer, directory):
     buffer = io.BytesIO()
     torch.save(compute_token_bytes(tokenizer), buffer)
     path = os.path.join(directory, TOKEN_BYTES_FILE)
-    _atomic_write_bytes(path, buffer.getvalue())
+    _atomic_write_files({path: buffer.getvalue()})
     return path
 
 
 def get_token_bytes(device="cpu"):
-    """The token byte counts written by scripts.tok_train, as a long tensor on `device`."""
+    """The token byte counts written by scripts.tok_train, as an integer tensor on `device`."""
     import torch
+    from nanochat.checkpoint_manager import load_torch_file  # the one torch.load that runs no code
     path = os.path.join(get_tokenizer_dir(), TOKEN_BYTES_FILE)
     if not os.path.exists(path):
         raise UserError(f"no token byte counts at {path}; train a tokenizer with: python -m scripts.tok_train")
-    return torch.load(path, map_location=device)
+    token_bytes = load_torch_file(path, device)
+    if not isinstance(token_bytes, torch.Tensor) or token_bytes.dim() != 1 or token_bytes.is_floating_point():
+        raise UserError(f"{path} does not hold token byte counts (a 1-D integer tensor); "
+                        "train a tokenizer with: python -m scripts.tok_train")
+    return token_bytes
 
 
 # -----------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 Train the tokenizer: a byte-level BPE vocabulary learned from the pretraining text.
 
 Pipeline position: the first stage. Reads the train split (downloaded shards, or --data-dir, or the
-embedded corpus) and writes <base dir>/tokenizer/tokenizer.pkl and token_bytes.pt, which every
-later stage loads (nanochat.tokenizer.get_tokenizer / get_token_bytes).
+embedded corpus) and writes <base dir>/tokenizer/tokenizer.json, tokenizer.tiktoken and token_bytes.pt,
+which every later stage loads (nanochat.tokenizer.get_tokenizer / get_token_bytes).
 
 The default --vocab-size 32768 suits real pretraining data on a GPU. On the small embedded corpus
 and a CPU a few thousand tokens are plenty (the CPU demo passes a smaller one): a model's embedding
@@ -16,7 +16,6 @@ Examples:
 """
 
 import argparse
-import os
 import time
 
 from nanochat.common import UserError, format_duration, print0, run_main
@@ -87,7 +86,7 @@ def main(argv=None):
     tokenizer_dir = get_tokenizer_dir()
     tokenizer.save(tokenizer_dir)
     save_token_bytes(tokenizer, tokenizer_dir)
-    print0(f"saved {os.path.join(tokenizer_dir, 'tokenizer.pkl')} and token_bytes.pt")
+    print0(f"saved tokenizer.json, tokenizer.tiktoken and token_bytes.pt in {tokenizer_dir}")
 
     # sanity check: exact round trip, and what the tokens look like
     ids = tokenizer.encode(SANITY_TEXT)

@@ -161,12 +161,40 @@ def test_python_trainer_learns_what_rustbpe_learns(docs):
 
 def test_save_and_load_round_trip(tok, tmp_path):
     path = tok.save(str(tmp_path / "tok"))
-    assert sorted(os.listdir(tmp_path / "tok")) == ["tokenizer.pkl"]  # no temp file left behind
+    # data only, no pickle; and no temp file left behind
+    assert sorted(os.listdir(tmp_path / "tok")) == ["tokenizer.json", "tokenizer.tiktoken"]
     loaded = RustBPETokenizer.from_directory(os.path.dirname(path))
     assert loaded.get_vocab_size() == tok.get_vocab_size()
     assert loaded.special_tokens == tok.special_tokens
+    assert loaded.mergeable_ranks == tok.mergeable_ranks and loaded.pattern == tok.pattern
     for text in HARD_TEXTS.values():
         assert loaded.encode(text) == tok.encode(text)
+
+
+def test_merges_file_is_tiktokens_own_format(tok, tmp_path):
+    import tiktoken.load
+    tok.save(str(tmp_path))
+    assert tiktoken.load.load_tiktoken_bpe(str(tmp_path / "tokenizer.tiktoken")) == tok.mergeable_ranks
+
+
+def test_old_pickled_dict_tokenizer_still_loads_and_is_replaced_on_save(tok, tmp_path, capsys):
+    import pickle
+    old = {"format": 1, "pattern": tok.pattern, "mergeable_ranks": tok.mergeable_ranks,
+           "special_tokens": tok.special_tokens}
+    (tmp_path / "tokenizer.pkl").write_bytes(pickle.dumps(old))
+    loaded = RustBPETokenizer.from_directory(str(tmp_path))
+    assert loaded.encode(HARD_TEXTS["korean"]) == tok.encode(HARD_TEXTS["korean"])
+    assert "a pickle can run code" in capsys.readouterr().err
+    loaded.save(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["tokenizer.json", "tokenizer.tiktoken"]
+
+
+def test_merges_file_that_does_not_match_its_json_is_named(tok, tmp_path):
+    tok.save(str(tmp_path))
+    merges = tmp_path / "tokenizer.tiktoken"
+    merges.write_bytes(merges.read_bytes().replace(b" 300\n", b" 301\n", 1))
+    with pytest.raises(UserError, match="tokenizer.tiktoken does not match"):
+        RustBPETokenizer.from_directory(str(tmp_path))
 
 
 def test_get_tokenizer_and_token_bytes_from_base_dir(tok, tmp_path, monkeypatch):
@@ -190,6 +218,9 @@ def test_get_tokenizer_and_token_bytes_from_base_dir(tok, tmp_path, monkeypatch)
 def test_corrupt_tokenizer_file_is_a_user_error(tmp_path):
     (tmp_path / "tokenizer.pkl").write_bytes(b"not a pickle")
     with pytest.raises(UserError, match="not a tokenizer"):
+        RustBPETokenizer.from_directory(str(tmp_path))
+    (tmp_path / "tokenizer.json").write_text('{"format": "something else"}')
+    with pytest.raises(UserError, match="not a nanochat tokenizer"):
         RustBPETokenizer.from_directory(str(tmp_path))
 
 
