@@ -348,17 +348,55 @@ def clean_state_dict(state):
     return {k.removeprefix("_orig_mod."): v for k, v in state.items()}
 
 
+def detect_model_config(model_config, shapes):
+    """The GPTConfig of a checkpoint from its meta's model_config and its weights' shapes
+    ({name: shape}, names without '_orig_mod.').
+
+    This project's metas record every GPTConfig option. Upstream nanochat's record only the seven
+    shape fields, so the upstream pieces are read off the weights: smear_gate/smear_lambda mean
+    smear, backout_lambda backout, and the value gates' width their channels. A checkpoint with
+    smear is upstream's architecture since March 2026 (checked at commit 92d63d4), whose other
+    changes leave no weights to see (gate range 3, q/k x1.2, rotary base 100000, its windows), so
+    it gets gpt.UPSTREAM_ARCH. Shapes that no supported version has are a UserError naming them."""
+    from nanochat.gpt import GPTConfig, UPSTREAM_ARCH, has_value_embedding
+    if not isinstance(model_config, dict):
+        raise UserError(f"model config must be a JSON object, not {type(model_config).__name__}")
+    cfg = dict(model_config)
+    seen = {"smear": "smear_lambda" in shapes or "smear_gate.weight" in shapes,
+            "backout": "backout_lambda" in shapes}
+    gates = {shape[-1] for name, shape in shapes.items() if name.endswith(".attn.ve_gate.weight")}
+    if len(gates) == 1:
+        seen["ve_gate_channels"] = gates.pop()
+    if seen["smear"]:
+        seen = {**UPSTREAM_ARCH, **seen}
+    elif seen.get("ve_gate_channels", 32) != 32:
+        raise UserError(f"the weights have value-embedding gates of {seen['ve_gate_channels']} channels but no smear: "
+                        f"upstream nanochat between 2026-03-09 and 2026-03-14 made these, and that version is not "
+                        f"supported (upstream checkpoints since commit a825e63, checked at 92d63d4, are)")
+    for key, value in seen.items():
+        cfg.setdefault(key, value)  # what the meta records wins; the weights' check is load_state_dict's
+    config = GPTConfig.from_dict(cfg)
+    ve_layers = sorted(int(name.split(".")[1]) for name in shapes if re.fullmatch(r"value_embeds\.\d+\.weight", name))
+    rule = [i for i in range(config.n_layer) if has_value_embedding(i, config.n_layer)]
+    if ve_layers and ve_layers != rule:
+        raise UserError(f"the weights have value embeddings on layers {ve_layers}, but this model puts them on "
+                        f"layers {rule} (alternating, the last one included); this checkpoint's version is not supported")
+    return config
+
+
 def load_model_from_dir(ckpt_dir, step, device, phase="eval"):
-    """Rebuild the model of one checkpoint and the tokenizer. Returns (model, tokenizer, meta)."""
-    from nanochat.gpt import GPT, GPTConfig
+    """Rebuild the model of one checkpoint and the tokenizer. Returns (model, tokenizer, meta).
+
+    The model's options (upstream nanochat's smear, backout, ...) come from detect_model_config."""
+    from nanochat.gpt import GPT
     from nanochat.tokenizer import get_tokenizer
     model_state, _, meta = load_checkpoint(ckpt_dir, step, device)
-    config = GPTConfig.from_dict(meta["model_config"])
+    model_state = clean_state_dict(model_state)
+    config = detect_model_config(meta["model_config"], {k: tuple(v.shape) for k, v in model_state.items()})
     with torch.device("meta"):
         model = GPT(config)
     model.to_empty(device=device)
     model.init_rotary()  # the weights come from the checkpoint; only the rotary tables are computed
-    model_state = clean_state_dict(model_state)
     if torch.device(device).type in ("cpu", "mps"):
         # upstream GPU checkpoints may hold bf16 weights; CPUs and MPS run in fp32
         model_state = {k: v.float() if v.is_floating_point() else v for k, v in model_state.items()}

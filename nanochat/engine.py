@@ -38,6 +38,7 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0
         self.pad = pad  # (batch,) left padding of each row, or None when no row is padded
+        self.prev_embedding = None  # (batch, 1, C): the last token's embedding, for models with smear
 
     @classmethod
     def for_model(cls, model, batch_size, seq_len, pad=None):
@@ -81,6 +82,8 @@ class KVCache:
         self.k[:, :, :other.pos] = other.k[:, :, :other.pos].repeat_interleave(n, dim=1)
         self.v[:, :, :other.pos] = other.v[:, :, :other.pos].repeat_interleave(n, dim=1)
         self.pad = None if other.pad is None else other.pad.repeat_interleave(n)
+        if other.prev_embedding is not None:
+            self.prev_embedding = other.prev_embedding.repeat_interleave(n, dim=0)
         self.pos = other.pos
 
 

@@ -14,6 +14,13 @@ What is in it, and why:
 - an optional sliding-window pattern per layer ("SSSL": short, short, short, long), last layer full
 - value embeddings on alternating layers: a second token embedding mixed into V through a learned gate
 - per-layer learnable scalars: x = resid_lambda * x + x0_lambda * x0 (x0 = the embedded input)
+
+Options from upstream nanochat's later architecture (karpathy/nanochat, checked at commit 92d63d4),
+off unless a GPTConfig turns them on (UPSTREAM_ARCH turns on all of them, as upstream trains):
+- smear: each position adds a gated share of the previous token's embedding (bigrams for free)
+- backout: a learned share of the middle layer's output is subtracted before the final norm
+- the value-embedding gate reads 12 channels with range 3, q and k are scaled by 1.2 after
+  QK-norm, rotary base 100000, and upstream's window sizes (see layer_window_sizes)
 """
 
 from dataclasses import dataclass, asdict
@@ -36,6 +43,14 @@ OPTIMIZER_DEFAULTS = {"embedding_lr": 0.2, "unembedding_lr": 0.004, "matrix_lr":
                       "weight_decay": 0.0}
 
 
+# upstream nanochat's architecture at commit 92d63d4 (2026-07) as GPTConfig options: what
+# base_train --upstream-arch trains, and how an upstream checkpoint with smear weights is read
+UPSTREAM_ARCH = {"smear": True, "backout": True, "ve_gate_channels": 12, "ve_gate_range": 3.0, "qk_scale": 1.2,
+                 "rotary_base": 100000, "window_rule": "upstream"}
+SMEAR_GATE_CHANNELS = 24  # the smear gate reads the first 24 channels of the embedding (upstream's number)
+WINDOW_RULES = ("half", "upstream")
+
+
 @dataclass
 class GPTConfig:
     sequence_len: int = 2048
@@ -45,10 +60,19 @@ class GPTConfig:
     n_kv_head: int = 6
     n_embd: int = 768
     window_pattern: str = "L"
+    # upstream nanochat's later pieces (module docstring); the defaults are this project's model
+    smear: bool = False         # mix a gated share of the previous token's embedding into each position
+    backout: bool = False       # subtract a learned share of the middle layer's output before the head
+    ve_gate_channels: int = 32  # channels of x the value-embedding gate reads (upstream: 12)
+    ve_gate_range: float = 2.0  # the gate is ve_gate_range * sigmoid(...) (upstream: 3)
+    qk_scale: float = 1.0       # q and k multiplied by this after QK-norm: sharper attention (upstream: 1.2)
+    rotary_base: int = 10000    # base of the rotary frequencies (upstream: 100000)
+    window_rule: str = "half"   # "half" or "upstream": how S and L become sizes (layer_window_sizes)
 
     def __post_init__(self):
         # a bad shape is the user's to fix (a flag or a damaged meta): say which, in one line
-        for name in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
+        for name in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "ve_gate_channels",
+                     "rotary_base"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"model config: {name} must be a positive whole number, not {value!r}")
@@ -62,6 +86,18 @@ class GPTConfig:
                 or any(c not in "SL" for c in self.window_pattern.upper()):
             raise ConfigError(f"model config: window pattern {self.window_pattern!r} may only contain S (half "
                             f"context) and L (full context), e.g. SSSL")
+        for name in ("smear", "backout"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"model config: {name} must be true or false, not {getattr(self, name)!r}")
+        for name in ("ve_gate_range", "qk_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError(f"model config: {name} must be a positive number, not {value!r}")
+        if self.smear and self.n_embd < SMEAR_GATE_CHANNELS:
+            raise ConfigError(f"model config: smear's gate reads {SMEAR_GATE_CHANNELS} channels, more than n_embd "
+                              f"{self.n_embd}; use a wider model")
+        if self.window_rule not in WINDOW_RULES:
+            raise ConfigError(f"model config: window_rule {self.window_rule!r} must be one of {', '.join(WINDOW_RULES)}")
 
     def to_dict(self):
         return asdict(self)
@@ -77,14 +113,15 @@ class GPTConfig:
 
 
 def config_from_depth(depth, vocab_size, sequence_len, aspect_ratio=64, head_dim=128,
-                      n_kv_head=None, window_pattern="L"):
-    """The single knob: model dim = depth * aspect_ratio, rounded up to a multiple of head_dim."""
+                      n_kv_head=None, window_pattern="L", **options):
+    """The single knob: model dim = depth * aspect_ratio, rounded up to a multiple of head_dim.
+    options: the upstream pieces (GPTConfig fields such as smear=True, or **UPSTREAM_ARCH)."""
     model_dim = depth * aspect_ratio
     model_dim = ((model_dim + head_dim - 1) // head_dim) * head_dim
     n_head = model_dim // head_dim
     n_kv_head = n_head if n_kv_head is None else n_kv_head
     return GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_head=n_head,
-                     n_kv_head=n_kv_head, n_embd=model_dim, window_pattern=window_pattern)
+                     n_kv_head=n_kv_head, n_embd=model_dim, window_pattern=window_pattern, **options)
 
 
 def padded_vocab_size(vocab_size, multiple=64):
@@ -98,12 +135,17 @@ def has_value_embedding(layer_idx, n_layer):
 
 
 def layer_window_sizes(config):
-    """Attention window (in tokens) of each layer from the pattern: L = full context, S = half.
+    """Attention window (in tokens, the query's own included) of each layer from the pattern.
 
+    window_rule "half": L = full context, S = half. "upstream" (upstream nanochat's FlashAttention
+    rule): S = a quarter of the context rounded up to a 128-token tile, and a window of N counts the
+    N keys *before* the query, so each layer sees one token more than its number.
     The pattern repeats over the layers, and the last layer always sees the full context."""
     pattern = config.window_pattern.upper()  # checked by GPTConfig
     long_w = config.sequence_len
     short_w = max(1, config.sequence_len // 2)
+    if config.window_rule == "upstream":
+        long_w, short_w = long_w + 1, -(-config.sequence_len // 4 // 128) * 128 + 1
     sizes = [long_w if pattern[i % len(pattern)] == "L" else short_w for i in range(config.n_layer)]
     sizes[-1] = long_w
     return sizes
@@ -184,10 +226,13 @@ class CausalSelfAttention(nn.Module):
         self.c_k = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.ve_gate_channels = 32
+        self.ve_gate_channels = config.ve_gate_channels
+        self.ve_gate_range = config.ve_gate_range
+        self.qk_scale = config.qk_scale
         self.ve_gate = None
         if has_value_embedding(layer_idx, config.n_layer):
             # gate = 2*sigmoid(W x[:, :32]), one number per KV head; zero init -> gate 1 at start
+            # (range and channels are config options: upstream's gate is 3*sigmoid(W x[:, :12]))
             self.ve_gate = nn.Linear(self.ve_gate_channels, self.n_kv_head, bias=False)
 
     def qkv(self, x, ve, cos, sin):
@@ -197,10 +242,12 @@ class CausalSelfAttention(nn.Module):
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         if ve is not None:
-            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))  # (B, T, Hkv)
+            gate = self.ve_gate_range * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))  # (B, T, Hkv)
             v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         q, k = norm(q), norm(k)  # QK-norm
+        if self.qk_scale != 1.0:  # sharper attention: the scores become qk_scale^2 * q.k / sqrt(D)
+            q, k = q * self.qk_scale, k * self.qk_scale
         return q, k, v
 
     def forward(self, x, ve, cos, sin, window, kv_cache=None):
@@ -255,15 +302,21 @@ class GPT(nn.Module):
         })
         self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
         self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
+        if config.smear:  # the gate reads the first 24 channels of the embedding: one number per position
+            self.smear_gate = nn.Linear(SMEAR_GATE_CHANNELS, 1, bias=False)
+            self.smear_lambda = nn.Parameter(torch.zeros(1))
+        if config.backout:
+            self.backout_lambda = nn.Parameter(torch.zeros(1))
         # rotary tables for 10x the training length, so generation can run past it
         self.rotary_seq_len = config.sequence_len * 10
         cos, sin = self._precompute_rotary(self.rotary_seq_len, head_dim)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
-    def _precompute_rotary(self, seq_len, head_dim, base=10000, device=None):
+    def _precompute_rotary(self, seq_len, head_dim, device=None):
         if device is None:
             device = self.transformer.wte.weight.device
+        base = self.config.rotary_base
         channel_range = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
         inv_freq = 1.0 / (base ** (channel_range / head_dim))
         t = torch.arange(seq_len, dtype=torch.float32, device=device)
@@ -290,6 +343,12 @@ class GPT(nn.Module):
             torch.nn.init.uniform_(emb.weight, -s, s)
         self.resid_lambdas.fill_(1.0)
         self.x0_lambdas.fill_(0.1)
+        # upstream's init of its pieces, drawn last so that everything else starts as without them
+        if self.config.smear:
+            torch.nn.init.uniform_(self.smear_gate.weight, 0.0, 0.02)  # a small positive gate...
+            self.smear_lambda.fill_(0.0)                                # ...of a smear that starts off
+        if self.config.backout:
+            self.backout_lambda.fill_(0.2)
         self.init_rotary()
 
     @torch.no_grad()
@@ -323,9 +382,15 @@ class GPT(nn.Module):
             "attention": sum(p.numel() for b in h for n, p in b.attn.named_parameters() if not n.startswith("ve_gate")),
             "value_gates": sum(b.attn.ve_gate.weight.numel() for b in h if b.attn.ve_gate is not None),
             "mlp": sum(p.numel() for b in h for p in b.mlp.parameters()),
-            "scalars": self.resid_lambdas.numel() + self.x0_lambdas.numel(),
+            "scalars": self.resid_lambdas.numel() + self.x0_lambdas.numel()
+                       + sum(p.numel() for p in self.upstream_scalars()),
             "lm_head": self.lm_head.weight.numel(),
         }
+
+    def upstream_scalars(self):
+        """The parameters of smear and backout (empty when they are off)."""
+        return [p for name, p in self.named_parameters() if name.split(".")[0] in
+                ("smear_gate", "smear_lambda", "backout_lambda")]
 
     def estimate_flops(self):
         """Training FLOPs per token: 6 per matmul weight (2 forward, 4 backward) plus attention.
@@ -336,6 +401,7 @@ class GPT(nn.Module):
         nparams = self.num_params()
         nparams_emb = self.transformer.wte.weight.numel() + sum(e.weight.numel() for e in self.value_embeds.values())
         nparams_scalar = self.resid_lambdas.numel() + self.x0_lambdas.numel()
+        nparams_scalar += sum(p.numel() for p in self.upstream_scalars())  # as param_counts: all "scalars"
         h = self.config.n_head
         q = self.config.n_embd // self.config.n_head
         t = self.config.sequence_len
@@ -361,7 +427,9 @@ class GPT(nn.Module):
         embedding_params = [self.transformer.wte.weight] + [e.weight for e in self.value_embeds.values()]
         lm_head_params = [self.lm_head.weight]
         scalar_params = [self.resid_lambdas, self.x0_lambdas]
-        n_grouped = len(matrix_params) + len(embedding_params) + len(lm_head_params) + len(scalar_params)
+        upstream_params = self.upstream_scalars()
+        n_grouped = (len(matrix_params) + len(embedding_params) + len(lm_head_params) + len(scalar_params)
+                     + len(upstream_params))
         assert n_grouped == len(list(self.parameters())), "every parameter belongs to exactly one group"
         groups = [
             dict(kind="adamw", name="lm_head", params=lm_head_params, lr=lr["unembedding_lr"] * dmodel_lr_scale,
@@ -373,6 +441,9 @@ class GPT(nn.Module):
             dict(kind="muon", name="matrix", params=matrix_params, lr=lr["matrix_lr"], momentum=0.95,
                  nesterov=True, ns_steps=5, weight_decay=lr["weight_decay"]),
         ]
+        if upstream_params:  # smear and backout: AdamW at upstream's fixed learning rate 0.2
+            groups.append(dict(kind="adamw", name="smear_backout", params=upstream_params, lr=0.2,
+                               betas=adam_betas, eps=1e-10, weight_decay=0.0))
         cls = DistMuonAdamW if distributed else MuonAdamW
         optimizer = cls(groups)
         for group in optimizer.param_groups:
@@ -389,11 +460,17 @@ class GPT(nn.Module):
         assert pos0 + T <= self.cos.size(1), f"sequence too long for the rotary table: {pos0 + T}"
         cos, sin = self.cos[:, pos0:pos0 + T], self.sin[:, pos0:pos0 + T]
         x = norm(self.transformer.wte(idx))  # (B, T, C)
+        if self.config.smear:
+            x = self.smear(x, kv_cache)
         x0 = x
         for i, block in enumerate(self.transformer.h):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, ve, cos, sin, self.window_sizes[i], kv_cache)
+            if self.config.backout and i == self.config.n_layer // 2:
+                x_mid = x  # the middle layer's output: low-level features the head does better without
+        if self.config.backout:
+            x = x - self.backout_lambda * x_mid
         x = norm(x)
         logits = self.lm_head(x)[..., :self.config.vocab_size]  # drop the padding columns
         softcap = 15.0
@@ -404,6 +481,24 @@ class GPT(nn.Module):
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=-1, reduction=loss_reduction)
+
+    def smear(self, x, kv_cache=None):
+        """x (B, T, C) normed embeddings -> x_t + smear_lambda * sigmoid(W x_t[:24]) * x_(t-1).
+
+        The first token has no previous one. With a KV cache the previous token of the first new
+        position is the cache's last one (its embedding is kept as kv_cache.prev_embedding), and in a
+        left-padded row the first real token's previous one is padding, so it gets none either."""
+        T = x.size(1)
+        cached = None if kv_cache is None else kv_cache.prev_embedding  # (B, 1, C) or None
+        if kv_cache is not None:
+            kv_cache.prev_embedding = x[:, -1:]
+        cur, prev = (x, torch.cat([cached, x[:, :-1]], dim=1)) if cached is not None else (x[:, 1:], x[:, :-1])
+        gate = self.smear_lambda * torch.sigmoid(self.smear_gate(cur[..., :SMEAR_GATE_CHANNELS]))  # (B, T', 1)
+        if kv_cache is not None and kv_cache.pad is not None:
+            pos = torch.arange(kv_cache.get_pos() + T - cur.size(1), kv_cache.get_pos() + T, device=x.device)
+            gate = gate * (pos[None, :] - 1 >= kv_cache.pad[:, None]).unsqueeze(-1)  # previous token is real
+        smeared = cur + gate * prev
+        return smeared if cached is not None else torch.cat([x[:, :1], smeared], dim=1)
 
     @torch.no_grad()
     def generate(self, tokens, max_tokens, temperature=1.0, top_k=None, seed=42):
