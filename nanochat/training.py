@@ -23,6 +23,25 @@ from nanochat import checkpoint_manager as cm
 
 
 # -----------------------------------------------------------------------------
+# torch.compile
+
+def add_compile_arg(parser):
+    parser.add_argument("--compile", type=int, default=-1,
+                        help="torch.compile the training forward/backward (1/0; -1: on CUDA only)")
+
+
+def compile_for_training(model, flag, device_type, dynamic=False):
+    """The model the loop calls for its forward/backward: compiled when --compile asks for it.
+
+    The compiled module shares its weights with `model`, so the optimizer, evaluation, sampling
+    and checkpoints keep using `model` itself. dynamic=True where row lengths change from batch to
+    batch (SFT, RL), so a new length does not trigger a fresh compile."""
+    if flag == 1 or (flag == -1 and device_type == "cuda"):
+        return torch.compile(model, dynamic=dynamic)
+    return model
+
+
+# -----------------------------------------------------------------------------
 # the optimizer
 
 def add_optimizer_args(parser):
@@ -158,12 +177,36 @@ def load_training_checkpoint(ckpt_dir, step, model, optimizer, rt):
         optimizer.load_state_dict(optim_state["optimizer"])
         set_rng_state(optim_state["rng"])
         loader_state = optim_state.get("dataloader") or loader_state
-    else:  # an upstream optimizer file: the optimizer state only
-        optimizer.load_state_dict(optim_state)
+    else:  # an upstream nanochat optimizer file: the optimizer state only, no RNG or data position
+        if optimizer_state_fits(optimizer, optim_state):
+            optimizer.load_state_dict(optim_state)
+        else:
+            print0("note: the optimizer file is upstream nanochat's (other parameter groups): starting a fresh optimizer")
+        print0("note: the checkpoint has no RNG state or data position (upstream nanochat's format): training "
+               "continues from its weights on this data, but not bit-exactly as an uninterrupted run would")
+        if isinstance(meta.get("loop_state"), dict):  # upstream's EMA of the loss has run for `step` steps
+            meta["loop_state"].setdefault("smooth_count", step)
+            meta["loop_state"].setdefault("tokens_seen", step * int(meta.get("total_batch_size") or 0))
     if meta.get("world_size", rt.world_size) != rt.world_size:
         print0(f"note: the checkpoint was trained with {meta.get('world_size')} processes, now {rt.world_size}; "
                f"data order will differ from an uninterrupted run")
     return meta, loader_state
+
+
+def optimizer_state_fits(optimizer, state):
+    """Whether an optimizer state dict from elsewhere (upstream nanochat's) has this optimizer's
+    parameter groups: as many, of the same kind and size, each parameter's moments of its shape."""
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
+        return False
+    for mine, theirs in zip(optimizer.param_groups, groups):
+        if mine["kind"] != theirs.get("kind") or len(mine["params"]) != len(theirs.get("params", [])):
+            return False
+        for p, i in zip(mine["params"], theirs["params"]):
+            moments = (state.get("state") or {}).get(i, {})
+            if any(torch.is_tensor(v) and v.ndim > 0 and v.shape != p.shape for v in moments.values()):
+                return False
+    return True
 
 
 def start_or_resume(ckpt_dir, resume_from_step, model, optimizer, rt, loop_state=None):

@@ -15,6 +15,7 @@ Examples:
     python -m scripts.base_train --depth 4 --max-seq-len 256 --num-iterations 200
     torchrun --standalone --nproc_per_node=8 -m scripts.base_train --depth 20
     python -m scripts.base_train --depth 4 --resume-from-step 100
+    python -m scripts.base_train --depth 4 --max-seq-len 256 --num-iterations 200 --upstream-arch --model-tag d4_up
 """
 
 import time
@@ -25,7 +26,7 @@ import torch
 
 from nanochat.common import (compute_init, compute_cleanup, print0, get_peak_flops, run_main, add_device_arg,
                              UserError, format_duration)
-from nanochat.gpt import config_from_depth, build_model
+from nanochat.gpt import config_from_depth, build_model, UPSTREAM_ARCH
 from nanochat.dataloader import DataLoader
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.engine import complete_prompts
@@ -48,6 +49,15 @@ def parse_args(argv=None):
     p.add_argument("--n-kv-head", type=int, default=0, help="KV heads for grouped-query attention (0: same as heads)")
     p.add_argument("--max-seq-len", type=int, default=2048, help="context length")
     p.add_argument("--window-pattern", type=str, default="SSSL", help="per-layer attention windows, S=half L=full")
+    # upstream nanochat's later architecture pieces (nanochat/gpt.py), to compare with ours
+    p.add_argument("--upstream-arch", action="store_true",
+                   help="upstream nanochat's architecture (karpathy/nanochat 92d63d4, gpt.UPSTREAM_ARCH): smear, "
+                        "backout, value gate on 12 channels with range 3, q/k x1.2 after QK-norm, rotary base 100000, "
+                        "S = a quarter of the context rounded up to 128; our init and optimizer otherwise")
+    p.add_argument("--smear", action="store_true", help="only upstream's smear: each position adds a gated share "
+                                                         "of the previous token's embedding")
+    p.add_argument("--backout", action="store_true", help="only upstream's backout: subtract a learned share of "
+                                                           "the middle layer's output before the LM head")
     # length
     p.add_argument("--num-iterations", type=int, default=-1, help="explicit number of steps (-1: derive)")
     p.add_argument("--target-flops", type=float, default=-1.0, help="train for this many FLOPs")
@@ -60,7 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup-ratio", type=float, default=0.0)
     p.add_argument("--warmdown-ratio", type=float, default=0.4)
     p.add_argument("--final-lr-frac", type=float, default=0.0)
-    p.add_argument("--compile", type=int, default=-1, help="torch.compile the model (1/0; -1: on CUDA only)")
+    tr.add_compile_arg(p)
     # evaluation and saving
     p.add_argument("--eval-every", type=int, default=250, help="val bpb every N steps (-1: never)")
     p.add_argument("--eval-tokens", type=int, default=10 * 524288, help="tokens per val bpb evaluation")
@@ -85,8 +95,10 @@ def main(argv=None):
     # the model, the length of the run and the optimizer
     if args.depth < 1 or args.max_seq_len < 2 or args.device_batch_size < 1:
         raise UserError("--depth, --max-seq-len and --device-batch-size must be positive")
+    options = dict(UPSTREAM_ARCH) if args.upstream_arch else {}
+    options.update({name: True for name in ("smear", "backout") if getattr(args, name)})
     config = config_from_depth(args.depth, vocab_size, args.max_seq_len, args.aspect_ratio, args.head_dim,
-                               args.n_kv_head or None, args.window_pattern)
+                               args.n_kv_head or None, args.window_pattern, **options)
     if config.n_head % config.n_kv_head:
         raise UserError(f"--n-kv-head {config.n_kv_head} must divide the number of heads {config.n_head}")
     model = build_model(config, rt.device)
@@ -126,8 +138,7 @@ def main(argv=None):
         model.train()
         return bpb
 
-    use_compile = args.compile == 1 or (args.compile == -1 and rt.device_type == "cuda")
-    train_model = torch.compile(model, dynamic=False) if use_compile else model
+    train_model = tr.compile_for_training(model, args.compile, rt.device_type)
     peak_flops, peak_desc = get_peak_flops(rt.device_type)
     print0(f"peak for MFU: {peak_desc}" + (f" = {peak_flops / 1e9:,.0f} GFLOP/s" if peak_flops else ""))
 

@@ -42,6 +42,7 @@ def add_finetune_args(p, stage):
     p.add_argument("--run", type=str, default="dummy", help="run name (recorded in the meta and report)")
     add_device_arg(p)
     p.add_argument("--seed", type=int, default=42)
+    tr.add_compile_arg(p)
     # what to start from and where to write
     cm.add_checkpoint_args(p, PREVIOUS_STAGE[stage])
     p.add_argument("--output-tag", type=str, default=None, help="checkpoint folder name (default: the loaded tag)")
@@ -122,8 +123,8 @@ def finetune(args, stage):
     train_loader = make_chat_loader(stage, tokenizer, train_task, B, T, rt, state=loader_state)
     batches = iter(train_loader)
 
-    use_compile = stage == "mid" and (args.compile == 1 or (args.compile == -1 and rt.device_type == "cuda"))
-    train_model = torch.compile(model, dynamic=False) if use_compile else model
+    # mid rows are always T long; SFT rows are as long as the batch's longest conversation
+    train_model = tr.compile_for_training(model, args.compile, rt.device_type, dynamic=stage == "sft")
     flops_per_token = model.estimate_flops()
     peak_flops, _ = get_peak_flops(rt.device_type)
 

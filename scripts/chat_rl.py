@@ -39,6 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--run", default="dummy", help="run name (recorded in the meta and report)")
     add_device_arg(p)
     p.add_argument("--seed", type=int, default=42)
+    tr.add_compile_arg(p)
     # what to start from and where to write
     cm.add_checkpoint_args(p, "sft")
     p.add_argument("--output-tag", default=None, help="checkpoint folder name (default: the loaded tag)")
@@ -118,7 +119,8 @@ def main(argv=None):
 
     # -------------------------------------------------------------------------
     # the training loop
-    engine = Engine(model, tokenizer)
+    engine = Engine(model, tokenizer)  # rollouts decode with the plain model and its KV cache
+    train_model = tr.compile_for_training(model, args.compile, rt.device_type, dynamic=True)  # replies vary in length
     chunk = args.device_batch_size or args.num_samples  # rows per forward/backward
     for step in range(start_step, num_steps):
         done = step + 1  # steps finished after this one: what the logs and checkpoints count
@@ -151,7 +153,7 @@ def main(argv=None):
                 if not advantages[part].any():
                     continue  # all-zero advantages: no gradient, skip the forward pass
                 with rt.autocast():
-                    loss = rl.group_loss(model, inputs[part], targets[part], advantages[part], num_tokens)
+                    loss = rl.group_loss(train_model, inputs[part], targets[part], advantages[part], num_tokens)
                 question_loss += loss.item()
                 loss = loss / len(conversations)  # the step's loss is the mean over this process's questions
                 loss.backward()

@@ -34,7 +34,6 @@ def parse_args(argv=None):
     p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward/backward per process")
     p.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step")
     p.add_argument("--eval-tokens", type=int, default=20 * 524288, help="tokens per val bpb evaluation")
-    p.add_argument("--compile", type=int, default=-1, help="torch.compile the model (1/0; -1: on CUDA only)")
     return p.parse_args(argv)
 
 
