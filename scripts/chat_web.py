@@ -24,6 +24,7 @@ Examples:
 
 import argparse
 import ipaddress
+import os
 import sys
 
 from nanochat.common import UserError, run_main, add_device_arg
@@ -43,8 +44,9 @@ def parse_args(argv=None):
     p.add_argument("-p", "--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--host", type=str, default="127.0.0.1",
                    help="address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)")
-    p.add_argument("--api-key", type=str, default=None,
-                   help="require this key (\"Authorization: Bearer KEY\") of every request but the page and /health")
+    p.add_argument("--api-key", type=str, default=os.environ.get("NANOCHAT_API_KEY") or None,
+                   help="require this key (\"Authorization: Bearer KEY\") of every request but the page and /health "
+                        "(default: $NANOCHAT_API_KEY, which keeps it out of the process list; none: no key)")
     p.add_argument("--cors-origin", type=str, action="append", default=[], metavar="ORIGIN",
                    help="let pages from this web origin call the API (e.g. http://localhost:3000; repeatable; "
                         "default: none)")

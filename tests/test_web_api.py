@@ -312,3 +312,53 @@ def test_help_lists_the_exposure_flags():
     r = subprocess.run([sys.executable, "-m", "scripts.chat_web", "--help"], cwd=REPO, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and "--api-key" in r.stdout and "--cors-origin" in r.stdout
+
+
+# -----------------------------------------------------------------------------
+# a reply with a calculator call, as the worker splits it into parts
+
+class ScriptedEngine:
+    """An Engine stand-in that 'generates' a fixed token sequence (what a chat model writes)."""
+
+    def __init__(self, tokenizer, tokens):
+        self.tokenizer, self.tokens = tokenizer, tokens
+        self.assistant_end = tokenizer.encode_special("<|assistant_end|>")
+        self.bos = tokenizer.get_bos_token_id()
+
+    def generate(self, ids, **kwargs):
+        for t in self.tokens:
+            yield [t], [1]
+
+
+def test_a_calculator_call_streams_as_its_own_parts_with_markers(tiny_base_dir):
+    import threading
+    from nanochat.tokenizer import get_tokenizer
+    from nanochat.web import ChatRequest, Piece, ReplyEnd, Worker
+    tok = get_tokenizer()
+    sp = tok.encode_special
+    tokens = (tok.encode("It is ") + [sp("<|python_start|>")] + tok.encode("12*(3+4)") + [sp("<|python_end|>"),
+              sp("<|output_start|>")] + tok.encode("84") + [sp("<|output_end|>")] + tok.encode(" so 84.")
+              + [sp("<|assistant_end|>")])
+    worker = Worker(0, "cpu", ScriptedEngine(tok, tokens), context_len=256)
+
+    def run(**kw):
+        request = ChatRequest(messages=USER, temperature=0, top_k=0, top_p=1, max_tokens=100, seed=0, **kw)
+        out = []
+        worker.generate([tok.get_bos_token_id()], request, threading.Event(), out.append)
+        return out
+
+    events = run()
+    assert isinstance(events[-1], ReplyEnd) and events[-1].finish_reason == "stop"
+    pieces = [e for e in events if isinstance(e, Piece)]
+    parts = {}
+    for p in pieces:
+        if not p.marker:
+            parts[p.part] = parts.get(p.part, "") + p.text
+    assert parts == {"text": "It is  so 84.", "python": "12*(3+4)", "python_output": "84"}
+    assert [p.marker for p in pieces if p.marker] == ["<|python_start|>", "<|python_end|>", "<|output_start|>",
+                                                      "<|output_end|>"]
+    # as plain text (the OpenAI API), the call reads as the terminal chat shows it
+    assert "".join(p.text for p in pieces) == "It is [python: 12*(3+4)] = 84 so 84."
+    # stop strings are looked for in the reply's text, not inside the call
+    cut = run(stop=("84",))
+    assert "".join(p.text for p in cut if isinstance(p, Piece)) == "It is [python: 12*(3+4)] = 84 so "
