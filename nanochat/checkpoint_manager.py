@@ -384,6 +384,17 @@ def detect_model_config(model_config, shapes):
     return config
 
 
+def checkpoint_model_config(ckpt_dir, step):
+    """detect_model_config of a saved checkpoint, for tools that need its model but not its weights:
+    the model file is memory-mapped, so only its names and shapes are read."""
+    meta = read_meta(ckpt_dir, step)
+    try:
+        state = torch.load(model_path(ckpt_dir, step), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, damaged or not a zip file: say so the usual way
+        state = load_torch_file(model_path(ckpt_dir, step))
+    return detect_model_config(meta["model_config"], {k: tuple(v.shape) for k, v in clean_state_dict(state).items()})
+
+
 def load_model_from_dir(ckpt_dir, step, device, phase="eval"):
     """Rebuild the model of one checkpoint and the tokenizer. Returns (model, tokenizer, meta).
 

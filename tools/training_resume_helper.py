@@ -8,6 +8,12 @@ moments, so its losses match an uninterrupted run step for step (on CPU, with th
 count). `--verify --replay N` proves it on your run by re-running N logged steps (base, mid and
 SFT runs).
 
+A checkpoint folder written by upstream nanochat (karpathy/nanochat, checked at commit 92d63d4)
+resumes too: its flag names are translated into this project's (the ones it has no use for are
+named), --upstream-arch is added when the weights have upstream's architecture, and the run
+continues training on your data, but not bit-exactly (upstream saves no RNG state or data position,
+and its optimizer's parameter groups are not ours, so a fresh optimizer starts).
+
 Exit codes: 0 fine, 1 a --verify check failed (or the replay differs), 2 bad input.
 """
 
@@ -56,8 +62,10 @@ def parse_args(argv):
 
 def print_point(point, prog):
     print(ui.heading(f"Resume point: {point.ckpt_dir}"))
-    rows = [("last complete checkpoint", f"step {point.step:,}"),
-            ("optimizer state", ui.good("present") if point.has_optimizer else ui.bad("missing (cannot resume exactly)"))]
+    optimizer = ui.good("present") if point.has_optimizer else ui.bad("missing (cannot resume exactly)")
+    if point.has_optimizer and rs.is_upstream_meta(point.meta):
+        optimizer = ui.warn("present, upstream nanochat's (no RNG state or data position: resumes, not bit-exactly)")
+    rows = [("last complete checkpoint", f"step {point.step:,}"), ("optimizer state", optimizer)]
     if point.last_logged_step is not None:
         lost = point.last_logged_step - point.step
         rows.append(("last logged step", f"{point.last_logged_step:,}" + (f"  ({lost} steps after the checkpoint will be redone)" if lost > 0 else "")))

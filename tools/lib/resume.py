@@ -16,11 +16,18 @@ preempted cloud machine). tools/training_resume_helper.py prints what these func
   --resume-from-step; the run continues exactly where it stopped (data position, RNG, optimizer).
 - replay_steps: re-runs N logged steps from an earlier checkpoint and compares the losses with the
   ones the run logged (and the weights with the next checkpoint when the replay reaches it).
+
+Checkpoints written by upstream nanochat resume too: translate_user_config turns upstream's flag
+names into ours (and names the ones dropped), architecture_flags adds --upstream-arch when the
+weights have upstream's smear and backout. Such a run continues training but not bit-exactly:
+upstream saves no RNG state or data position, and its optimizer state is used only when its
+parameter groups match ours (training.optimizer_state_fits), else a fresh optimizer starts.
 """
 
 import os
 import glob
 import shlex
+import importlib
 from dataclasses import dataclass, field
 
 import torch
@@ -102,7 +109,7 @@ class Check:
 
 def verify_checkpoint(ckpt_dir, step):
     """All integrity checks of one checkpoint, as a list of Check."""
-    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.gpt import GPT
     checks = []
     meta = cm.read_meta(ckpt_dir, step)
     checks.append(Check("meta readable", True, os.path.basename(cm.meta_path(ckpt_dir, step))))
@@ -124,10 +131,12 @@ def verify_checkpoint(ckpt_dir, step):
             checks.append(Check("model file", False, f"{os.path.basename(mpath)} cannot be loaded "
                                 f"({e.__class__.__name__}): truncated or corrupt"))
     # weights vs the config in the meta
-    expected = None
+    expected = model = None
     try:
+        shapes = {k: tuple(v.shape) for k, v in state.items()} if state is not None else {}
         with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in GPT(GPTConfig.from_dict(meta["model_config"])).state_dict().items()}
+            model = GPT(cm.detect_model_config(meta["model_config"], shapes))
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     except Exception as e:
         checks.append(Check("config", False, f"the meta's model_config does not build a model ({e})"))
     if state is not None and expected is not None:
@@ -161,10 +170,10 @@ def verify_checkpoint(ckpt_dir, step):
                                 "exactly (optimizer moments and data position are lost)"))
             continue
         try:
-            ostate = torch.load(opath, map_location="cpu", weights_only=False)
+            ostate = cm.load_torch_file(opath)
         except Exception as e:
             checks.append(Check(f"optimizer rank {rank}", False, f"{name} cannot be loaded ({e.__class__.__name__}): "
-                                "truncated or corrupt"))
+                                "truncated or corrupt or unsafe"))
             continue
         inner = ostate.get("optimizer", ostate) if isinstance(ostate, dict) else {}
         n_opt = sum(len(g.get("params", [])) for g in inner.get("param_groups", []))
@@ -173,7 +182,10 @@ def verify_checkpoint(ckpt_dir, step):
         if state is not None and n_opt != len(state):
             ok, detail = False, f"{name} covers {n_opt} parameters but the model has {len(state)}"
         elif "rng" not in ostate or "dataloader" not in ostate:
-            detail += " (upstream format: no RNG/data position, the resume will not be bit-exact)"
+            detail += " (upstream format: no RNG/data position, the resume will not be bit-exact"
+            if model is not None and not tr.optimizer_state_fits(tr.build_optimizer(model, uc_of(meta)), ostate):
+                detail += "; its parameter groups are not ours, so a fresh optimizer will start"
+            detail += ")"
         checks.append(Check(f"optimizer rank {rank}", ok, detail, "error" if not ok else "warning"))
     # the meta's own bookkeeping
     uc = meta.get("user_config")
@@ -206,18 +218,24 @@ def checks_passed(checks):
 # -----------------------------------------------------------------------------
 # progress
 
+def planned_steps(meta):
+    """The run's length: the meta's num_iterations (upstream's metas keep it only as a flag)."""
+    planned = meta.get("num_iterations") or uc_of(meta).get("num_iterations")
+    return planned if isinstance(planned, int) and planned > 0 else None
+
+
 def run_progress(meta, target_steps=None):
     """How far the run got: {step, target, fraction, remaining, warmdown_start (the first logged step
     whose LR is below the peak), in_warmdown (the next step runs below the peak), lr_multiplier (of
     the next step), seconds_per_step, eta_seconds, schedule_changed}."""
     step = int(meta.get("step") or 0)
     uc = meta.get("user_config") or {}
-    planned = meta.get("num_iterations")
+    planned = planned_steps(meta)
     target = target_steps if target_steps is not None else planned
     out = {"step": step, "target": target, "planned": planned, "tokens_seen": meta.get("tokens_seen")}
     if not target:
         return out
-    warmup_ratio = uc.get("warmup_ratio", 0.0)
+    warmup_ratio = uc.get("warmup_ratio", (uc.get("warmup_steps") or 0) / target)  # upstream counts steps
     warmdown_ratio = uc.get("warmdown_ratio", 0.4)  # base_train's default
     final_frac = uc.get("final_lr_frac", 0.0)
     # lr_multiplier(i) drops below 1 once i > target - warmdown; metrics count steps done (i + 1)
@@ -245,6 +263,49 @@ def _stage_of(ckpt_dir, meta):
             return source
     raise UserError(f"cannot tell which stage wrote {ckpt_dir}: its meta has no 'stage' and the folder is not "
                     f"inside one of {', '.join(cm.STAGE_DIRS.values())}")
+
+
+def uc_of(meta):
+    return meta.get("user_config") if isinstance(meta.get("user_config"), dict) else {}
+
+
+def is_upstream_meta(meta):
+    """A meta written by upstream nanochat: it names no stage (every stage here records its own)."""
+    return "stage" not in meta
+
+
+def translate_user_config(user_config, stage, num_iterations=None):
+    """(flags the stage's script here accepts, notes) from a meta's user_config.
+
+    Upstream nanochat's warmup_steps (absolute) becomes warmup_ratio of `num_iterations`; flags the
+    script does not have (upstream's fp8, fp8_recipe, ...) are dropped and named in a note."""
+    known = set(vars(importlib.import_module(STAGE_MODULES[stage]).parse_args([])))
+    config, dropped, notes = {}, [], []
+    for key, value in user_config.items():
+        if key == "warmup_steps" and "warmup_ratio" in known and "warmup_ratio" not in user_config \
+                and isinstance(value, (int, float)) and num_iterations:
+            config["warmup_ratio"] = value / num_iterations
+            notes.append(f"upstream's --warmup-steps {value} is --warmup-ratio {value / num_iterations:g} here")
+        elif key in known:
+            config[key] = value
+        else:
+            dropped.append(key)
+    if dropped:
+        notes.append(f"dropped flags that {STAGE_MODULES[stage]} does not have: {', '.join(dropped)}")
+    return config, notes
+
+
+def architecture_flags(config):
+    """The base_train flags that build a GPTConfig's upstream options: {'upstream_arch': True}, some
+    of smear/backout, {} for this project's own model, or None when no flags build it."""
+    from nanochat.gpt import GPTConfig, UPSTREAM_ARCH
+    options = {k: getattr(config, k) for k in UPSTREAM_ARCH}
+    if options == UPSTREAM_ARCH:
+        return {"upstream_arch": True}
+    ours = GPTConfig()
+    if all(v == getattr(ours, k) for k, v in options.items() if k not in ("smear", "backout")):
+        return {k: True for k in ("smear", "backout") if options[k]}
+    return None
 
 
 def config_to_flags(user_config):
@@ -278,19 +339,36 @@ def resume_command(point, target_steps=None, python="python"):
         raise UserError(f"{ckpt_dir} is not inside a {cm.STAGE_DIRS[stage]} folder, so the {stage} stage would "
                         "not find it; move it back under <base dir>/" + cm.STAGE_DIRS[stage])
     base_dir = os.path.dirname(stage_folder)
-    config = dict(uc)
+    config, notes = translate_user_config(uc, stage, target_steps or planned_steps(meta))
     config["resume_from_step"] = point.step
     config["model_tag"] = os.path.basename(ckpt_dir)
-    notes = []
+    if stage == "base" and "upstream_arch" not in uc:  # a meta from before these flags, or upstream's
+        model_config = cm.checkpoint_model_config(ckpt_dir, point.step)
+        arch = architecture_flags(model_config)
+        if arch is None:
+            raise UserError(f"the weights of step {point.step} need model options that base_train has no flags for "
+                            f"({model_config}); resume it by hand")
+        config.update(arch)
+        if arch:
+            notes.append(f"the weights have upstream nanochat's architecture: "
+                         f"{' '.join('--' + k.replace('_', '-') for k in arch)}")
+    if is_upstream_meta(meta):
+        notes.append("an upstream nanochat checkpoint: no RNG state or data position, so the resumed run continues "
+                     "training on your data but is not bit-exact; upstream's optimizer state is used only if its "
+                     "parameter groups match ours, else a fresh optimizer starts")
     if target_steps is not None:
         if target_steps <= point.step:
             raise UserError(f"--target-steps {target_steps} is not beyond the checkpoint's step {point.step}")
         config["num_iterations"] = target_steps
-        if target_steps != meta.get("num_iterations"):
-            notes.append(f"the run was planned for {meta.get('num_iterations')} steps; with {target_steps} the LR "
+        if target_steps != planned_steps(meta):
+            notes.append(f"the run was planned for {planned_steps(meta)} steps; with {target_steps} the LR "
                          "schedule (warmdown) moves, so losses will differ from the original plan")
     elif config.get("num_iterations", -1) in (-1, None) and meta.get("num_iterations"):
         config["num_iterations"] = meta["num_iterations"]  # pin the length the run derived
+    if target_steps is None and isinstance(config.get("num_iterations"), int) \
+            and 0 < config["num_iterations"] <= point.step:
+        notes.append(f"the run already reached its planned {config['num_iterations']} steps: add --target-steps N "
+                     f"(N > {point.step}) to train on")
     world = int(meta.get("world_size", 1) or 1)
     launcher = ([python, "-m"] if world == 1 else
                 ["torchrun", "--standalone", f"--nproc_per_node={world}", "-m"])
@@ -346,7 +424,7 @@ def replay_steps(ckpt_dir, n_steps, from_step=None, device="cpu", on_step=None):
     restored to where the checkpoint left it, the same optimizer (training.build_optimizer) and
     schedule (training.lr_multiplier); tests compare the replayed losses against the logged ones."""
     from nanochat.common import compute_init
-    from nanochat.gpt import GPTConfig, build_model
+    from nanochat.gpt import build_model
     from nanochat.tokenizer import get_tokenizer
     if n_steps < 1:
         raise UserError("--replay needs a number of steps of at least 1")
@@ -361,7 +439,7 @@ def replay_steps(ckpt_dir, n_steps, from_step=None, device="cpu", on_step=None):
     logged = {r["step"]: r["train_loss"] for r in cm.read_metrics(ckpt_dir) if "train_loss" in r}
     rt = compute_init(device, seed=uc.get("seed", 42))
     tokenizer = get_tokenizer()
-    model = build_model(GPTConfig.from_dict(meta["model_config"]), rt.device)
+    model = build_model(cm.checkpoint_model_config(ckpt_dir, start), rt.device)
     optimizer = tr.build_optimizer(model, uc)
     meta, loader_state = tr.load_training_checkpoint(ckpt_dir, start, model, optimizer, rt)
     B, T = meta["device_batch_size"], meta["max_seq_len"]
