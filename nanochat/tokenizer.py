@@ -12,7 +12,7 @@ Training uses the `rustbpe` package (fast, parallel); encoding uses `tiktoken` b
 merges (fast, battle-tested). `train_bpe_python` at the bottom is the same algorithm in ~30 lines of
 plain Python, for reading; the tests check that it learns exactly what rustbpe learns.
 
-The chat format (SPEC section 5) lives here too: `render_conversation` turns a conversation into token
+The chat format lives here too: `render_conversation` turns a conversation into token
 ids plus a loss mask that says which tokens the model is trained to predict.
 
 Saved under `<base dir>/tokenizer/` as plain data, so that loading a tokenizer someone sent you cannot
