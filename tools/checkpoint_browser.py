@@ -100,8 +100,12 @@ def do_inspect(args):
                          ("train loss", ui.fmt_num(meta.get("train_loss")) if "train_loss" in meta else ui.muted("not in meta (upstream format)")),
                          ("tokens seen", ui.fmt_si(meta["tokens_seen"]) if "tokens_seen" in meta else "-"),
                          ("stage", meta.get("stage", "-"))]))
-    print("\n  model config:")
-    print(ui.key_values(list((meta.get("model_config") or {}).items()), indent=4))
+    recorded = meta.get("model_config") or {}
+    config = r.get("config") or recorded
+    read_off = [k for k in config if k not in recorded]
+    print("\n  model config:" + (ui.muted(f" ({', '.join(read_off)}: not in the meta, known from the weights)")
+                                  if read_off else ""))
+    print(ui.key_values(list(config.items()), indent=4))
     if r.get("param_groups"):
         n = r["num_params"]
         print(f"\n  parameters: {n:,} ({ui.fmt_si(n)})")
@@ -129,11 +133,19 @@ def do_compare(args):
     a = cm.resolve_address(args.compare[0], args.source)  # (source, folder, tag, step)
     b = cm.resolve_address(args.compare[1], args.source)
     meta_a, meta_b = cm.read_meta(a[1], a[3]), cm.read_meta(b[1], b[3])
-    rows = ci.compare_metas(meta_a, meta_b)
+    configs = []
+    for x in (a, b):  # whole configs, so an upstream meta (shape fields only) compares option by option
+        try:
+            configs.append(cm.checkpoint_model_config(x[1], x[3]).to_dict())
+        except (UserError, OSError):
+            configs.append(None)  # a damaged model file: compare what the meta says
+    rows = ci.compare_metas(meta_a, meta_b, *configs)
     out = {"a": f"{a[0]}/{a[2]}:{a[3]}", "b": f"{b[0]}/{b[2]}:{b[3]}",
            "rows": [{"key": k, "a": va, "b": vb, "differs": d} for k, va, vb, d in rows]}
     if args.weights:
-        out["weights"] = [{"group": g, "relative_change": rc, "numel": n} for g, rc, n in ci.weight_changes(a[1], a[3], b[1], b[3])]
+        changes, differ = ci.weight_changes(a[1], a[3], b[1], b[3])
+        out["weights"] = [{"group": g, "relative_change": rc, "numel": n} for g, rc, n in changes]
+        out["shape_differences"] = [{"tensor": k, "a": sa, "b": sb} for k, sa, sb in differ]
     if args.prompt is not None:
         out["samples"] = {side: ci.greedy_decode(x[1], x[3], args.prompt, args.max_tokens, resolve_device_type(args.device_type))
                           for side, x in (("a", a), ("b", b))}
@@ -154,8 +166,17 @@ def do_compare(args):
         print()
         print(ui.heading("Relative weight change ||B - A|| / ||A||"))
         top = max((w["relative_change"] for w in out["weights"]), default=0) or 1
-        print(ui.table([[w["group"], f"{w['relative_change']:.4f}", ui.bar(w["relative_change"] / top, 30), w["numel"]]
-                        for w in out["weights"]], headers=["part", "change", "", "params"], align="<><>"))
+        if out["weights"]:
+            print(ui.table([[w["group"], f"{w['relative_change']:.4f}", ui.bar(w["relative_change"] / top, 30),
+                             w["numel"]] for w in out["weights"]], headers=["part", "change", "", "params"], align="<><>"))
+        else:
+            print("  no tensor has the same name and shape in both: nothing to compare")
+        if out["shape_differences"]:
+            shown = lambda s: "-" if s is None else "x".join(map(str, s))
+            print(ui.warn(f"\n  {len(out['shape_differences'])} tensors differ in shape or are in one checkpoint only "
+                          f"(left out above):"))
+            print(ui.table([[d["tensor"], shown(d["a"]), shown(d["b"])] for d in out["shape_differences"]],
+                           headers=["tensor", "A", "B"], align="<>>", indent=4))
     if args.prompt is not None:
         print()
         print(ui.heading(f"Greedy continuation of {args.prompt!r}"))

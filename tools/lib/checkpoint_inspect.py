@@ -60,15 +60,15 @@ class CheckpointInfo:
 
     @property
     def num_params(self):
-        """Parameter count from the config by formula (no weights loaded), None without a meta."""
-        cfg = self.config
-        if not cfg:
+        """Parameter count of the weights (read memory-mapped: only their shapes), None without a meta.
+        Counted from the file, so upstream nanochat's extra pieces count too."""
+        if not self.config:
             return None
-        from nanochat.gpt import GPTConfig
-        from tools.lib.model_calc import total_params
+        import torch
         try:
-            return total_params(GPTConfig.from_dict(cfg))
-        except (TypeError, ValueError, ZeroDivisionError):
+            state = torch.load(cm.model_path(self.dir, self.step), map_location="cpu", weights_only=True, mmap=True)
+            return sum(t.numel() for t in state.values())
+        except Exception:  # a damaged file: the browser's --inspect says what is wrong with it
             return None
 
 
@@ -140,7 +140,7 @@ def param_groups_from_state(state):
             g = "mlp"
         elif name.startswith("lm_head"):
             g = "lm_head"
-        elif name in ("resid_lambdas", "x0_lambdas"):
+        elif name.split(".")[0] in ("resid_lambdas", "x0_lambdas", "smear_gate", "smear_lambda", "backout_lambda"):
             g = "scalars"
         else:
             g = "other"
@@ -152,9 +152,10 @@ def inspect(ckpt_dir, step):
     """Everything about one checkpoint: meta, files, parameter groups and integrity checks.
 
     Integrity: the meta parses, the model file loads, its tensors have exactly the shapes the
-    meta's config implies, and the optimizer file (optional) loads."""
+    meta's config implies (with upstream nanochat's options read off the weights: report['config']),
+    and the optimizer file (optional) loads."""
     import torch
-    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.gpt import GPT
     report = {"dir": ckpt_dir, "step": step, "files": step_files(ckpt_dir, step), "checks": []}
     checks = report["checks"]
 
@@ -177,13 +178,13 @@ def inspect(ckpt_dir, step):
         state = cm.clean_state_dict(state)
         report["param_groups"] = param_groups_from_state(state)
         report["num_params"] = sum(t.numel() for t in state.values())
-        cfg = dict(meta["model_config"])
-        cfg.setdefault("window_pattern", "L")
+        got = {k: tuple(v.shape) for k, v in state.items()}
         try:
+            config = cm.detect_model_config(meta["model_config"], got)
+            report["config"] = config.to_dict()
             with torch.device("meta"):
-                model = GPT(GPTConfig.from_dict(cfg))
+                model = GPT(config)
             expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-            got = {k: tuple(v.shape) for k, v in state.items()}
             missing = sorted(set(expected) - set(got))
             extra = sorted(set(got) - set(expected))
             wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
@@ -191,7 +192,7 @@ def inspect(ckpt_dir, step):
             detail = "every tensor has the shape the config implies" if ok else \
                 f"missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]}"
             check("shapes match config", ok, detail)
-        except (TypeError, ValueError, AssertionError) as e:
+        except (TypeError, ValueError, AssertionError, UserError) as e:
             check("shapes match config", False, f"the meta's config cannot build a model ({e})")
         report["finite"] = all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
         check("weights finite", report["finite"], "no NaN/inf" if report["finite"] else "NaN or inf in the weights")
@@ -200,7 +201,7 @@ def inspect(ckpt_dir, step):
         check("optimizer", None, "no optimizer file: fine for inference, but training cannot resume exactly")
     else:
         try:
-            torch.load(os.path.join(ckpt_dir, optims[0]), map_location="cpu", weights_only=False)
+            cm.load_torch_file(os.path.join(ckpt_dir, optims[0]))
             check("optimizer", True, f"{len(optims)} shard(s), {optims[0]} loads")
         except Exception as e:
             check("optimizer", False, f"{optims[0]} does not load ({e.__class__.__name__})")
@@ -214,10 +215,14 @@ COMPARE_META_KEYS = ("step", "val_bpb", "train_loss", "num_iterations", "tokens_
                      "max_seq_len", "total_batch_size", "world_size", "stage")
 
 
-def compare_metas(meta_a, meta_b):
-    """[(key, a, b, differs)] over model config, headline metrics and CLI arguments."""
+def compare_metas(meta_a, meta_b, config_a=None, config_b=None):
+    """[(key, a, b, differs)] over model config, headline metrics and CLI arguments.
+
+    config_a/config_b: the checkpoints' whole GPTConfig dicts (cm.checkpoint_model_config), so that
+    an upstream meta, which records only the shape fields, compares with ours option by option."""
     rows = []
-    ca, cb = meta_a.get("model_config") or {}, meta_b.get("model_config") or {}
+    ca = config_a if config_a is not None else meta_a.get("model_config") or {}
+    cb = config_b if config_b is not None else meta_b.get("model_config") or {}
     for k in sorted(set(ca) | set(cb)):
         rows.append((f"model.{k}", ca.get(k), cb.get(k), ca.get(k) != cb.get(k)))
     for k in COMPARE_META_KEYS:
@@ -229,17 +234,28 @@ def compare_metas(meta_a, meta_b):
     return rows
 
 
+def shape_differences(sa, sb):
+    """[(name, shape in A or None, shape in B or None)] of the tensors two state dicts do not share
+    with the same shape (None: the tensor is not in that checkpoint)."""
+    out = []
+    for k in sorted(set(sa) | set(sb)):
+        a, b = sa.get(k), sb.get(k)
+        if a is None or b is None or a.shape != b.shape:
+            out.append((k, None if a is None else tuple(a.shape), None if b is None else tuple(b.shape)))
+    return out
+
+
 def weight_changes(dir_a, step_a, dir_b, step_b):
     """Relative change ||B - A|| / ||A|| per layer (and for the embeddings / head / scalars) between
-    two checkpoints of the same shape. Returns [(name, relative change, numel)]."""
+    two checkpoints, over the tensors they share with the same shape.
+    Returns ([(name, relative change, numel)], shape_differences of the others)."""
     sa, _, _ = cm.load_checkpoint(dir_a, step_a, "cpu")
     sb, _, _ = cm.load_checkpoint(dir_b, step_b, "cpu")
     sa, sb = cm.clean_state_dict(sa), cm.clean_state_dict(sb)
-    if set(sa) != set(sb) or any(sa[k].shape != sb[k].shape for k in sa):
-        raise UserError("the two checkpoints have different shapes; --weights needs two checkpoints of the same "
-                        "model (e.g. two steps of one run: d4:100 d4:200)")
+    differ = shape_differences(sa, sb)
+    skip = {name for name, _, _ in differ}
     groups = {}
-    for k in sa:
+    for k in (k for k in sa if k not in skip):
         m = re.match(r"transformer\.h\.(\d+)\.", k)
         if m:
             g = f"layer {int(m.group(1)):2d}"
@@ -259,7 +275,7 @@ def weight_changes(dir_a, step_a, dir_b, step_b):
     order = lambda g: (0 if g == "token embedding" else 1 if g.startswith("value") else 2 if g.startswith("layer")
                        else 3 if g == "scalars" else 4, g)
     return [(g, (d / n) ** 0.5 if n > 0 else float("inf") if d > 0 else 0.0, c)
-            for g, (d, n, c) in sorted(groups.items(), key=lambda kv: order(kv[0]))]
+            for g, (d, n, c) in sorted(groups.items(), key=lambda kv: order(kv[0]))], differ
 
 
 def greedy_decode(ckpt_dir, step, prompt, max_tokens=32, device="cpu"):
