@@ -30,7 +30,7 @@ import hashlib
 
 import torch
 
-from nanochat.common import get_base_dir, use_base_dir, UserError, print0
+from nanochat.common import get_base_dir, use_base_dir, UserError, print0, load_torch_file
 
 STAGE_DIRS = {
     "base": "base_checkpoints",
@@ -260,40 +260,6 @@ def check_fresh_run_dir(ckpt_dir):
 
 # -----------------------------------------------------------------------------
 # loading without running code
-
-def _numpy_array_globals():
-    """What a numpy array needs to unpickle: optimizer files of this project written before the RNG
-    state was stored as lists hold numpy's RNG state as an array. Data only, like a tensor."""
-    import numpy as np
-    core = getattr(np, "_core", None) or np.core
-    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
-def load_torch_file(path, device="cpu"):
-    """torch.load for a file that may come from anyone: weights_only=True, so the file can only
-    hold tensors, numbers, strings, containers (and numpy arrays); a file that names anything else
-    to call (a crafted pickle) is refused before anything runs. Failures are one UserError line."""
-    import warnings
-    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
-    try:
-        with warnings.catch_warnings():
-            # torch warns about a raw pickle's protocol before refusing it: the refusal says enough
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            if allow is None:
-                return torch.load(path, map_location=device, weights_only=True)
-            with allow(_numpy_array_globals()):
-                return torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:
-        unsafe = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), re.IGNORECASE)
-        what = (f"it asks for {unsafe.group(1)}" if unsafe else
-                "it holds more than tensors and plain data" if "weights only" in str(e).lower() else None)
-        if what:
-            raise UserError(f"{path} is refused: {what}, and loading that could run code; nanochat loads only "
-                            f"tensors and plain data from a file") from e
-        raise UserError(f"cannot load {path}: {e.__class__.__name__} (truncated or corrupt file?)") from e
-
 
 def verify_checksum(path, meta):
     """Check a file against the sha256 its meta recorded when it was saved (upstream metas record

@@ -470,7 +470,7 @@ def save_token_bytes(tokenizer, directory):
 def get_token_bytes(device="cpu"):
     """The token byte counts written by scripts.tok_train, as an integer tensor on `device`."""
     import torch
-    from nanochat.checkpoint_manager import load_torch_file  # the one torch.load that runs no code
+    from nanochat.common import load_torch_file  # the one torch.load that runs no code
     path = os.path.join(get_tokenizer_dir(), TOKEN_BYTES_FILE)
     if not os.path.exists(path):
         raise UserError(f"no token byte counts at {path}; train a tokenizer with: python -m scripts.tok_train")
