@@ -14,6 +14,14 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
         || echo "warning: could not install chromium; the browser test will be skipped outside CI"
 fi
 
+# the code sandbox (nanochat/execution.py) isolates untrusted programs with bubblewrap
+if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo -n"
+    echo "installing bubblewrap for the code sandbox"
+    ($SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+        || echo "warning: could not install bubblewrap; the sandbox falls back to its Python guard (not a boundary) and the isolation tests are skipped outside CI"
+fi
+
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 python -m pytest tests -p no:cacheprovider "$@"
 status=$?
