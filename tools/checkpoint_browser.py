@@ -12,7 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import json
 
-from nanochat.common import run_main, UserError, get_base_dir, use_base_dir, add_device_arg, resolve_device_type
+from nanochat.common import (run_main, UserError, get_base_dir, use_base_dir, add_device_arg, resolve_device_type,
+                             int_range)
 from nanochat import checkpoint_manager as cm
 from tools.lib import termui as ui
 from tools.lib import checkpoint_inspect as ci
@@ -41,7 +42,7 @@ def parse_args(argv):
     p.add_argument("--sort", choices=ci.SORT_KEYS, default="step", help="order of --list")
     p.add_argument("--weights", action="store_true", help="with --compare: per-layer relative weight change")
     p.add_argument("--prompt", type=str, help="with --compare: greedy-decode this prompt from both")
-    p.add_argument("--max-tokens", type=int, default=32, help="tokens to generate for --prompt")
+    p.add_argument("--max-tokens", type=int_range(1, 2**20), default=32, help="tokens to generate for --prompt")
     add_device_arg(p)
     p.add_argument("--yes", action="store_true", help="delete without asking")
     cm.add_checkpoint_args(p, "base", short=False)
@@ -143,7 +144,7 @@ def do_compare(args):
     out = {"a": f"{a[0]}/{a[2]}:{a[3]}", "b": f"{b[0]}/{b[2]}:{b[3]}",
            "rows": [{"key": k, "a": va, "b": vb, "differs": d} for k, va, vb, d in rows]}
     if args.weights:
-        changes, differ = ci.weight_changes(a[1], a[3], b[1], b[3])
+        changes, differ = ci.compare_weights(a[1], a[3], b[1], b[3])
         out["weights"] = [{"group": g, "relative_change": rc, "numel": n} for g, rc, n in changes]
         out["shape_differences"] = [{"tensor": k, "a": sa, "b": sb} for k, sa, sb in differ]
     if args.prompt is not None:

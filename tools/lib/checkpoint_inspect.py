@@ -247,8 +247,13 @@ def shape_differences(sa, sb):
 
 def weight_changes(dir_a, step_a, dir_b, step_b):
     """Relative change ||B - A|| / ||A|| per layer (and for the embeddings / head / scalars) between
-    two checkpoints, over the tensors they share with the same shape.
-    Returns ([(name, relative change, numel)], shape_differences of the others)."""
+    two checkpoints, over the tensors they share with the same shape: [(name, relative change, numel)]."""
+    return compare_weights(dir_a, step_a, dir_b, step_b)[0]
+
+
+def compare_weights(dir_a, step_a, dir_b, step_b):
+    """(weight_changes, shape_differences): the change of the tensors both checkpoints have with the
+    same shape, and the tensors they do not (an upstream run and one of ours differ in a few)."""
     sa, _, _ = cm.load_checkpoint(dir_a, step_a, "cpu")
     sb, _, _ = cm.load_checkpoint(dir_b, step_b, "cpu")
     sa, sb = cm.clean_state_dict(sa), cm.clean_state_dict(sb)
