@@ -13,7 +13,7 @@ Two layers, because only one of them is a boundary.
 1. OS isolation (Linux with bubblewrap). Each child interpreter runs under `bwrap`, the
    sandboxing tool of Flatpak, packaged by every major distribution (Debian: `bubblewrap`). It
    gets new PID, network, IPC, UTS and mount namespaces: it sees no process but its own
-   children, has no network (only a loopback device that is down), and sees a read-only view of
+   children, has no network (only a loopback device of its own), and sees a read-only view of
    the system made of /usr, the Python installation and this file (compiled), plus a private
    writable /scratch (a tmpfs of MAX_SCRATCH_BYTES) as its scratch dir, HOME and TMPDIR. No
    /home, /root, /etc (but the loader's cache), /tmp, working tree or parent environment
