@@ -32,12 +32,14 @@ from nanochat.loss_eval import evaluate_bpb
 from nanochat.engine import complete_prompts
 from nanochat import checkpoint_manager as cm
 from nanochat import training as tr
+from nanochat.tracking import add_logger_arg, make_logger
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # run
     p.add_argument("--run", type=str, default="dummy", help="run name (recorded in the meta and report)")
+    add_logger_arg(p)
     add_device_arg(p)
     p.add_argument("--model-tag", type=str, default=None, help="checkpoint folder name (default d<depth>)")
     p.add_argument("--data-dir", type=str, default=None, help="folder of .parquet/.txt/.jsonl (default: downloaded shards, else the embedded corpus)")
@@ -128,6 +130,7 @@ def main(argv=None):
     batches = iter(train_loader)
 
     eval_steps = max(1, args.eval_tokens // (args.device_batch_size * args.max_seq_len * rt.world_size))
+    logger = make_logger(args, "base", user_config, ckpt_dir)  # --logger: wandb, trackio, tensorboard or none
 
     def run_val():
         """Bits per byte on the val split, from its start each time (the same tokens at every eval)."""
@@ -145,6 +148,7 @@ def main(argv=None):
     if args.eval_every > 0 and start_step == 0:
         val_bpb = run_val()
         print0(f"step 00000 | val bpb {val_bpb:.4f} (untrained)")
+        logger.log({"val_bpb": val_bpb}, 0)  # the tracker only: metrics.jsonl counts steps done, from 1
 
     # -------------------------------------------------------------------------
     # the training loop
@@ -196,17 +200,22 @@ def main(argv=None):
         progress.print(step, smooth.debiased(), lr_mult, dt, tok_per_sec, mfu,
                        extra=f" | val bpb {measured_val:.4f}" if measured_val is not None else "")
         if rt.master:
-            cm.append_metrics(ckpt_dir, tr.metrics_record(done, loop_state, train_loss, smooth.debiased(), lr_mult,
-                                                          lrs, dt, tok_per_sec, mfu, measured_val))
+            record = tr.metrics_record(done, loop_state, train_loss, smooth.debiased(), lr_mult, lrs, dt, tok_per_sec,
+                                       mfu, measured_val)
+            cm.append_metrics(ckpt_dir, record)
+            logger.log(record, done)
         if args.core_metric_every > 0 and (done % args.core_metric_every == 0 or last):
             from nanochat.core_eval import evaluate_core_for_training
             core = evaluate_core_for_training(model, tokenizer, rt, args.core_metric_max_per_task)
             if core is not None:
                 print0(f"step {done:05d} | CORE {core:.4f}")
+                logger.log({"core_metric": core}, done)
         if rt.master and args.sample_every > 0 and (done % args.sample_every == 0 or last):
             model.eval()
-            for line in complete_prompts(model, tokenizer):
+            samples = complete_prompts(model, tokenizer)
+            for line in samples:
                 print0("  sample: " + line.replace("\n", " "))
+            logger.log_text("samples", "\n".join(samples), done)
             model.train()
 
         # the checkpoint: weights, optimizer, data position and RNG, so that a resume is exact
@@ -236,6 +245,7 @@ def main(argv=None):
         "Final train loss": train_loss, "Min val bpb": min_val,
         "Training time": format_duration(total_time), "Tokens per second": round(tok_per_sec),
         "MFU": f"{mfu:.1f}% of {peak_desc}" if mfu is not None else "unknown peak"}, rt)
+    logger.finish()
     compute_cleanup()
 
 

@@ -31,6 +31,7 @@ from nanochat.chat_data import make_chat_loader, count_batches
 from nanochat.loss_eval import evaluate_bpb
 from nanochat import checkpoint_manager as cm
 from nanochat import training as tr
+from nanochat.tracking import add_logger_arg, make_logger
 from tasks.mixtures import build_mixture, is_offline_mixture
 
 PREVIOUS_STAGE = {"mid": "base", "sft": "mid"}
@@ -40,6 +41,7 @@ REPORT_SECTION = {"mid": "Midtraining", "sft": "Chat SFT"}
 def add_finetune_args(p, stage):
     """The flags both stages share; defaults follow upstream nanochat where it has them."""
     p.add_argument("--run", type=str, default="dummy", help="run name (recorded in the meta and report)")
+    add_logger_arg(p)
     add_device_arg(p)
     p.add_argument("--seed", type=int, default=42)
     tr.add_compile_arg(p)
@@ -128,6 +130,8 @@ def finetune(args, stage):
     flops_per_token = model.estimate_flops()
     peak_flops, _ = get_peak_flops(rt.device_type)
 
+    logger = make_logger(args, stage, user_config, ckpt_dir)  # --logger: wandb, trackio, tensorboard or none
+
     def run_val():
         """Bits per byte on the held-out conversations, from their start each time."""
         val_batches = iter(make_chat_loader(stage, tokenizer, val_task, B, T, rt, repeat=False))
@@ -139,6 +143,7 @@ def finetune(args, stage):
     if args.eval_every > 0 and start_step == 0:
         val_bpb = run_val()
         print0(f"step 00000 | val bpb {val_bpb:.4f} (before {stage})")
+        logger.log({"val_bpb": val_bpb}, 0)  # the tracker only: metrics.jsonl counts steps done, from 1
 
     # -------------------------------------------------------------------------
     # the training loop
@@ -189,8 +194,10 @@ def finetune(args, stage):
         progress.print(step, smooth.debiased(), lr_mult, dt, tok_per_sec, mfu,
                        extra=f" | val bpb {measured_val:.4f}" if measured_val is not None else "")
         if rt.master:
-            cm.append_metrics(ckpt_dir, tr.metrics_record(done, loop_state, train_loss, smooth.debiased(), lr_mult,
-                                                          lrs, dt, tok_per_sec, mfu, measured_val))
+            record = tr.metrics_record(done, loop_state, train_loss, smooth.debiased(), lr_mult, lrs, dt, tok_per_sec,
+                                       mfu, measured_val)
+            cm.append_metrics(ckpt_dir, record)
+            logger.log(record, done)
 
         # the checkpoint: weights, optimizer, data position and RNG, so that a resume is exact
         if last or (args.save_every > 0 and done % args.save_every == 0):
@@ -215,5 +222,6 @@ def finetune(args, stage):
         "Source": f"{source}/{source_tag} step {source_step}", "Mixture": ", ".join(task_names),
         "Conversations": len(train_task), "Steps": num_iterations, "Tokens": loop_state["tokens_seen"],
         "Final train loss": train_loss, "Min val bpb": min_val, "Training time": format_duration(total_time)}, rt)
+    logger.finish()
     compute_cleanup()
     return ckpt_dir

@@ -31,12 +31,14 @@ from nanochat.engine import Engine
 from nanochat import checkpoint_manager as cm
 from nanochat import training as tr
 from nanochat import rl
+from nanochat.tracking import add_logger_arg, make_logger
 from tasks.mixtures import load_rl_tasks
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="dummy", help="run name (recorded in the meta and report)")
+    add_logger_arg(p)
     add_device_arg(p)
     p.add_argument("--seed", type=int, default=42)
     tr.add_compile_arg(p)
@@ -99,6 +101,7 @@ def main(argv=None):
 
     top_k = args.top_k if args.top_k > 0 else None
     do_eval = args.eval_examples > 0
+    logger = make_logger(args, "rl", user_config, ckpt_dir)  # --logger: wandb, trackio, tensorboard or none
 
     def heldout():
         model.eval()
@@ -116,6 +119,7 @@ def main(argv=None):
     if do_eval and start_step == 0:
         last_eval = loop_state["heldout_before"] = heldout()
         print0(f"before RL: {describe(last_eval)}")
+        logger.log({f"heldout_{k}": v for k, v in last_eval.items()}, 0)  # the tracker only, as step 0
 
     # -------------------------------------------------------------------------
     # the training loop
@@ -186,6 +190,7 @@ def main(argv=None):
             if measured:
                 record.update({f"heldout_{k}": v for k, v in measured.items()})
             cm.append_metrics(ckpt_dir, record)
+            logger.log(record, done)
 
         # the checkpoint (RL has no data position to keep: the step number picks the questions)
         if last or (args.save_every > 0 and done % args.save_every == 0):
@@ -216,6 +221,7 @@ def main(argv=None):
         summary["Held-out greedy accuracy after RL"] = last_eval["greedy"]
         summary.update({f"Held-out {k} after RL": v for k, v in last_eval.items() if k.startswith("pass@")})
     tr.log_report("Chat RL", user_config, summary, rt)
+    logger.finish()
     compute_cleanup()
     return {"task": task_name, "steps": num_steps, "checkpoint_dir": ckpt_dir,
             "before": before, "after": last_eval, "training_time": loop_state["total_training_time"]}
