@@ -22,6 +22,12 @@ if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; the
         || echo "warning: could not install bubblewrap; the sandbox falls back to its Python guard (not a boundary) and the isolation tests are skipped outside CI"
 fi
 
+# lint first (rules in pyproject.toml [tool.ruff]): unused imports, undefined names, stray whitespace
+if ! ruff check .; then
+    echo "error: ruff check failed; fix the lines above (ruff check . --fix does the safe ones)" >&2
+    exit 1
+fi
+
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 python -m pytest tests -p no:cacheprovider "$@"
 status=$?

@@ -2,7 +2,6 @@
 with forced tool tokens and the prompt excluded, and a tiny run writes checkpoints, metrics and
 resumes; on the shared tiny base run copied in as an SFT checkpoint."""
 
-import os
 import shutil
 
 import pytest
@@ -58,7 +57,6 @@ def test_group_loss_gradient_matches_the_formula_on_a_real_model(tiny_base_dir):
 
 
 def rl_args(**over):
-    from scripts.chat_rl import parse_args
     args = ["--offline", "--device-type", "cpu", "--num-steps", "2", "--num-samples", "3",
             "--questions-per-step", "2", "--max-new-tokens", "6", "--eval-examples", "2", "--eval-every", "-1",
             "--save-every", "1", "--train-size", "20"]

@@ -20,7 +20,6 @@ parser, and every repository path the guides mention exists.
 
 import os
 import re
-import sys
 import shlex
 import random
 import shutil

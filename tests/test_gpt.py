@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from nanochat.gpt import GPT, GPTConfig, config_from_depth, build_model, layer_window_sizes, attention
 from nanochat.optim import zeropower_via_newtonschulz5

@@ -4,7 +4,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 from nanochat.gpt import GPTConfig, build_model
 from tools.lib.attention_maps import attention_probs, pattern_scores, name_pattern, summarize_heads
@@ -135,7 +134,9 @@ def test_induction_score_is_none_without_repeated_tokens():
 
 
 def run_tool(*args):
-    import os, sys, subprocess
+    import os
+    import sys
+    import subprocess
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.run([sys.executable, os.path.join(repo, "tools", "attention_visualizer.py"), *map(str, args)],
                           cwd=repo, capture_output=True, text=True, env=dict(os.environ, NO_COLOR="1"), timeout=120)

@@ -110,7 +110,9 @@ def test_chat_prompt_uses_the_chat_template(model_and_tokenizer):
 # ----------------------------------------------------------------------------- the tool
 
 def run_tool(*args, stdin=None, base=None):
-    import os, sys, subprocess
+    import os
+    import sys
+    import subprocess
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, NO_COLOR="1")
     if base is not None:
@@ -168,7 +170,8 @@ def test_explorer_force_branch_and_interactive_mode_through_stdin(tiny_base_dir)
 
 
 def test_explorer_renders_chat_template_for_sft_models(tiny_run, tmp_path):
-    import json, shutil
+    import json
+    import shutil
     from nanochat.tokenizer import get_tokenizer
     from conftest import base_dir_env
     base = tmp_path / "base"

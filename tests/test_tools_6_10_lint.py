@@ -81,7 +81,9 @@ def test_special_token_text_and_invalid_structure(tokenizer):
 # ----------------------------------------------------------------------------- the tool
 
 def run_tool(*args, stdin=None):
-    import os, sys, subprocess
+    import os
+    import sys
+    import subprocess
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.run([sys.executable, os.path.join(repo, "tools", "conversation_template_builder.py"),
                            *map(str, args)], cwd=repo, capture_output=True, text=True, input=stdin, timeout=120,

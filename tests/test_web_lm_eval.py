@@ -17,7 +17,7 @@ import sys
 import pytest
 import torch
 
-from test_chat_web import REPO, serve
+from test_chat_web import serve
 
 pytest.importorskip("lm_eval")
 

@@ -21,7 +21,7 @@ import os
 import math
 from dataclasses import dataclass, field
 
-from nanochat.common import UserError, get_base_dir
+from nanochat.common import UserError
 from nanochat import checkpoint_manager as cm
 from nanochat.training import EMA
 
