@@ -43,7 +43,8 @@ def test_bench_train_reports_mfu_against_a_measured_peak(capsys):
     bench_train.main(["--depth", "1", "--head-dim", "32", "--max-seq-len", "32", "--vocab-size", "256",
                       "--device-batch-size", "2", "--steps", "3"])
     out = capsys.readouterr().out
-    assert re.search(r"matmul peak measured now: [\d.]+ GFLOP/s", out)
+    assert re.search(r"peak: CPU fp32 matmul peak measured now .* = [\d.,]+ GFLOP/s", out)
+    assert 0 < _numbers(re.search(r"MFU [\d.]+%", out).group())[0] <= 100
     shares = [_numbers(line)[0] for line in out.splitlines() if "% of step time" in line]
     assert len(shares) == 3 and sum(shares) == pytest.approx(100, abs=0.5)  # forward, backward, optimizer
 
