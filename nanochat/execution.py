@@ -345,8 +345,9 @@ def _compiled_dir():
     if _compiled is None:
         import atexit
         import py_compile
-        folder = tempfile.mkdtemp(prefix="nanochat-exec-compiled-")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        folder, maker = tempfile.mkdtemp(prefix="nanochat-exec-compiled-"), os.getpid()
+        # only the process that made it removes it, not a forked copy of this process at its exit
+        atexit.register(lambda: os.getpid() == maker and shutil.rmtree(folder, ignore_errors=True))
         py_compile.compile(__file__, cfile=os.path.join(folder, "execution.pyc"), doraise=True,
                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
         _compiled = folder
@@ -748,12 +749,11 @@ class _Channel:
     def __init__(self, read_fd, write_fd):
         self.reader = os.fdopen(read_fd, "rb")
         self.write_fd = write_fd
-        self.write = os.write  # kept before the guard: the guard leaves os.write alone anyway
 
     def send(self, message):
         data = memoryview((json.dumps(message) + "\n").encode())
         while data:
-            data = data[self.write(self.write_fd, data):]
+            data = data[os.write(self.write_fd, data):]
 
     def receive(self):
         """The next message, or None at end-of-file; ValueError if it is not a message."""
