@@ -28,6 +28,7 @@ Accuracy is centered against guessing, (acc - baseline) / (1 - baseline), so 0 m
 import os
 import csv
 import json
+import time
 import random
 import shutil
 import zipfile
@@ -35,7 +36,7 @@ import zipfile
 import torch
 import torch.nn.functional as F
 
-from nanochat.common import UserError, get_base_dir, print0
+from nanochat.common import UserError, get_base_dir, print0, format_duration
 
 DEFAULT_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 BUNDLE_URL_ENV = "NANOCHAT_EVAL_BUNDLE_URL"
@@ -213,6 +214,12 @@ def load_task_items(path, kind):
     return items, skipped
 
 
+def count_task_items(path):
+    """The lines of a task's JSONL file, without parsing them: its size for the progress line's ETA."""
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
 # -----------------------------------------------------------------------------
 # prompts
 
@@ -340,9 +347,10 @@ def centered_accuracy(accuracy, random_baseline):
     return (accuracy - rb) / (1.0 - rb)
 
 
-def evaluate_task(model, tokenizer, task, max_per_task=-1, max_seq_len=None, rank=0, world_size=1):
+def evaluate_task(model, tokenizer, task, max_per_task=-1, max_seq_len=None, rank=0, world_size=1, progress=None):
     """Accuracy on one task. Items are shuffled with a fixed seed, cut to max_per_task (-1: all)
-    and split across ranks (item i on rank i % world_size); counts are summed over ranks."""
+    and split across ranks (item i on rank i % world_size); counts are summed over ranks.
+    progress: called after each item (evaluate_core's progress line)."""
     items, skipped = load_task_items(task["dataset_path"], task["icl_task_type"])
     order = list(range(len(items)))
     random.Random(SUBSET_SEED).shuffle(order)
@@ -355,6 +363,8 @@ def evaluate_task(model, tokenizer, task, max_per_task=-1, max_seq_len=None, ran
         counts[0] += evaluate_item(model, tokenizer, items[index], task["icl_task_type"], fewshot,
                                    task["continuation_delimiter"], task["example_delimiter"], max_seq_len)
         counts[1] += 1
+        if progress is not None:
+            progress()
     if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(counts)
     correct, total = counts.tolist()
@@ -366,10 +376,11 @@ def evaluate_task(model, tokenizer, task, max_per_task=-1, max_seq_len=None, ran
 
 
 def evaluate_core(model, tokenizer, bundle_dir, max_per_task=-1, rank=0, world_size=1, tasks=None,
-                  on_task=None):
+                  on_task=None, progress_seconds=30):
     """Evaluate every task of the bundle. Returns {"core": mean centered accuracy, "tasks": [results]}.
 
-    tasks: labels to run (default all); on_task(result) is called after each task (for printing)."""
+    tasks: labels to run (default all); on_task(result) is called after each task (for printing).
+    A long evaluation prints a progress line with an ETA at most every progress_seconds (0: never)."""
     all_tasks = load_core_tasks(bundle_dir)
     if tasks:
         unknown = set(tasks) - {t["label"] for t in all_tasks}
@@ -378,12 +389,28 @@ def evaluate_core(model, tokenizer, bundle_dir, max_per_task=-1, rank=0, world_s
                             f"{', '.join(t['label'] for t in all_tasks)}")
         all_tasks = [t for t in all_tasks if t["label"] in tasks]
     max_seq_len = getattr(getattr(model, "config", None), "sequence_len", None)
+    # the ETA counts items: this rank's share of every task (after max_per_task), the pace so far
+    sizes = [count_task_items(t["dataset_path"]) for t in all_tasks]
+    total = sum(len(range(rank, n if max_per_task <= 0 else min(n, max_per_task), world_size)) for n in sizes)
+    done, started, shown = 0, time.time(), time.time()
+
+    def tick(number, label):
+        nonlocal done, shown
+        done += 1
+        now = time.time()
+        if progress_seconds > 0 and now - shown >= progress_seconds:
+            shown = now
+            eta = (now - started) / done * max(total - done, 0)
+            print0(f"  CORE: {done:,}/{total:,} items on this rank (task {number}/{len(all_tasks)}, {label}) | "
+                   f"{format_duration(now - started)} elapsed, eta {format_duration(eta)}")
+
     was_training = model.training
     model.eval()
     results = []
     try:
-        for task in all_tasks:
-            result = evaluate_task(model, tokenizer, task, max_per_task, max_seq_len, rank, world_size)
+        for number, task in enumerate(all_tasks, 1):
+            result = evaluate_task(model, tokenizer, task, max_per_task, max_seq_len, rank, world_size,
+                                   progress=lambda: tick(number, task["label"]))
             results.append(result)
             if on_task is not None:
                 on_task(result)

@@ -21,12 +21,13 @@ Under torchrun the problems are split across ranks (rank, rank + world_size, ...
 (and per-item results) are gathered, so every rank returns the same figures.
 """
 
+import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
-from nanochat.common import print0
+from nanochat.common import print0, format_duration
 
 # what guessing scores; ChatCORE centers each task's accuracy on it
 CATEGORICAL_BASELINE = 0.25  # 4-choice multiple choice (ARC, MMLU)
@@ -104,6 +105,14 @@ def _problem_indices(task, max_problems):
     return range(rank, n, world)
 
 
+def _print_progress(name, done, total, correct, started):
+    """The line of a long evaluation: problems done on this rank, right so far, time and ETA (from the pace so far)."""
+    elapsed = time.time() - started
+    eta = elapsed / done * (total - done)
+    print0(f"  {name}: {done}/{total} on this rank, {correct} correct | {format_duration(elapsed)} elapsed, "
+           f"eta {format_duration(eta)}")
+
+
 # -----------------------------------------------------------------------------
 # categorical
 
@@ -118,14 +127,15 @@ def letter_token_ids(tokenizer, letters):
 
 
 @torch.no_grad()
-def run_categorical_eval(task, tokenizer, model, batch_size=8, max_problems=None, name=None, autocast=None):
+def run_categorical_eval(task, tokenizer, model, batch_size=8, max_problems=None, name=None, autocast=None,
+                         progress_every=0):
     """Accuracy of picking the right answer letter by the logits of the letter tokens only."""
     import contextlib
     autocast = autocast or contextlib.nullcontext
     device = model.get_device()
     pad = tokenizer.get_bos_token_id()
     indices = list(_problem_indices(task, max_problems))
-    correct, items = 0, []
+    correct, items, started = 0, [], time.time()
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
         conversations = [task[i] for i in chunk]
@@ -143,6 +153,9 @@ def run_categorical_eval(task, tokenizer, model, batch_size=8, max_problems=None
             ok = int(task.evaluate(conv, predicted))
             correct += ok
             items.append({"index": index, "correct": ok, "response": predicted})
+        n = start + len(chunk)
+        if progress_every and (n // progress_every > start // progress_every or n == len(indices)):
+            _print_progress(name or type(task).__name__, n, len(indices), correct, started)
     correct, total, items = _gather(correct, len(indices), items, device)
     return TaskResult(name or type(task).__name__, "categorical", correct, total, task_baseline(task), items)
 
@@ -164,7 +177,7 @@ def run_generative_eval(task, tokenizer, model, num_samples=1, max_new_tokens=25
     engine = Engine(model, tokenizer)
     device = model.get_device()
     indices = list(_problem_indices(task, max_problems))
-    correct, items = 0, []
+    correct, items, started = 0, [], time.time()
     batch_size = max(1, batch_size)
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
@@ -182,7 +195,7 @@ def run_generative_eval(task, tokenizer, model, num_samples=1, max_new_tokens=25
                           "samples_correct": sum(oks)})
             n = start + j + 1
             if progress_every and (n % progress_every == 0 or n == len(indices)):
-                print0(f"  {name or type(task).__name__}: {n}/{len(indices)} on this rank, {correct} correct")
+                _print_progress(name or type(task).__name__, n, len(indices), correct, started)
     correct, total, items = _gather(correct, len(indices), items, device)
     return TaskResult(name or type(task).__name__, "generative", correct, total, task_baseline(task), items)
 
@@ -191,7 +204,7 @@ def run_task_eval(task, tokenizer, model, name=None, batch_size=8, num_samples=1
                   temperature=0.0, top_k=None, max_problems=None, autocast=None, progress_every=0):
     """Evaluate one task the way its eval_type says; returns a TaskResult."""
     if task.eval_type == "categorical":
-        return run_categorical_eval(task, tokenizer, model, batch_size, max_problems, name, autocast)
+        return run_categorical_eval(task, tokenizer, model, batch_size, max_problems, name, autocast, progress_every)
     return run_generative_eval(task, tokenizer, model, num_samples, max_new_tokens, temperature, top_k,
                                max_problems, name, progress_every=progress_every, autocast=autocast,
                                batch_size=batch_size)

@@ -126,6 +126,7 @@ def main(argv=None):
     engine = Engine(model, tokenizer)  # rollouts decode with the plain model and its KV cache
     train_model = tr.compile_for_training(model, args.compile, rt.device_type, dynamic=True)  # replies vary in length
     chunk = args.device_batch_size or args.num_samples  # rows per forward/backward
+    session_start = time.time()  # the ETA's pace: this session's steps so far, evaluations included
     for step in range(start_step, num_steps):
         done = step + 1  # steps finished after this one: what the logs and checkpoints count
         last = done == num_steps
@@ -181,8 +182,10 @@ def main(argv=None):
         measured = None
         if do_eval and ((args.eval_every > 0 and done % args.eval_every == 0) or last):
             last_eval = measured = heldout()
+        eta = (num_steps - done) * (time.time() - session_start) / (done - start_step)
         print0(f"step {done:05d}/{num_steps:05d} | reward {reward:.4f} | loss {loss:+.5f} | reply tokens "
-               f"{reply_tokens:5.1f} | lr x{lr_mult:.3f} | dt {dt:.2f}s" + (f" | {describe(measured)}" if measured else ""))
+               f"{reply_tokens:5.1f} | lr x{lr_mult:.3f} | dt {dt:.2f}s | eta {format_duration(eta)}"
+               + (f" | {describe(measured)}" if measured else ""))
         if rt.master:
             record = {"step": done, "reward_mean": reward, "loss": loss, "reply_tokens": reply_tokens,
                       "questions": int(questions), "samples": int(questions) * args.num_samples, "lr": lr_mult,

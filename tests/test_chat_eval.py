@@ -165,3 +165,14 @@ def test_problems_are_split_across_ranks_and_counts_all_reduced(tiny_run, tmp_pa
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert got["total"] == 7 and got["correct"] == 4  # 0, 2, 4, 6 are even
         assert got["indices"] == list(range(7))           # every rank sees every item after the gather
+
+
+def test_long_evaluations_print_progress_with_an_eta(tokenizer, capsys):
+    answers = ["A", "B", "C", "D", "A", "B", "C"]
+    model = LookupModel(tokenizer, {}, tokenizer.get_vocab_size())
+    run_categorical_eval(MCTask(answers), tokenizer, model, batch_size=2, progress_every=3)
+    lines = capsys.readouterr().out.splitlines()
+    # batches end at 2, 4, 6, 7: a line where a batch passes a multiple of 3, and at the end
+    assert [line.split(":")[1].split()[0] for line in lines] == ["4/7", "6/7", "7/7"]
+    assert all(" correct | " in line and " elapsed, eta " in line for line in lines)
+    assert lines[-1].endswith("eta 0s")

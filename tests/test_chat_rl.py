@@ -81,6 +81,7 @@ def test_rl_steps_write_checkpoints_metrics_and_resume(sft_base_dir, capsys):
     result = chat_rl.main(rl_args())
     out = capsys.readouterr().out
     assert "before RL: held-out mean reward" in out and "after RL: held-out mean reward" in out
+    assert [line.split(" | eta ")[1].split()[0] for line in out.splitlines() if line.startswith("step ")][-1] == "0s"
     ckpt_dir = sft_base_dir / "chatrl_checkpoints" / "d2"
     assert cm.list_complete_steps(str(ckpt_dir)) == [1, 2]
     meta = cm.read_meta(str(ckpt_dir), 2)

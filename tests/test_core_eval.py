@@ -250,3 +250,14 @@ def test_base_eval_and_base_loss_scripts_log_their_figures(tiny_run, tmp_path, m
     assert 0 < loss["train bpb"] < 20
     with pytest.raises(UserError, match="--eval"):
         base_eval.main(["--eval", "core,perplexity"])
+
+
+def test_a_long_core_evaluation_prints_progress_with_an_eta(capsys):
+    ce.evaluate_core(LastLetterModel(), CharTokenizer(), FIXTURE, progress_seconds=1e-9)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  CORE: ")]
+    assert lines and all(" elapsed, eta " in line for line in lines)
+    done = [int(line.split()[1].split("/")[0]) for line in lines]
+    assert done == sorted(done) and len(set(done)) == len(done)
+    assert "(task 1/3, toy_choice)" in lines[0]
+    ce.evaluate_core(LastLetterModel(), CharTokenizer(), FIXTURE, progress_seconds=0)  # 0: never
+    assert "CORE: " not in capsys.readouterr().out
