@@ -161,7 +161,7 @@ def apply_rotary_emb(x, cos, sin):
     d = x.shape[3] // 2
     x1, x2 = x[..., :d], x[..., d:]
     y1 = x1 * cos + x2 * sin
-    y2 = x1 * (-sin) + x2 * cos
+    y2 = x2 * cos - x1 * sin
     return torch.cat([y1, y2], dim=3)
 
 
@@ -196,10 +196,17 @@ def attention(q, k, v, q_pos0, window, pad=None):
     full_causal = pad is None and q_pos0 == 0 and Tq == Tk and window >= Tk
     if full_causal and _use_fa3(q):
         return _fa3_func(q, k, v, causal=True)
+    one_query = pad is None and Tq == 1  # decoding: the new token is the last position
+    if one_query and window < Tk:
+        k, v = k[:, Tk - window:], v[:, Tk - window:]  # the keys its window sees
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
     gqa = qt.size(1) != kt.size(1)
     if full_causal:
         y = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
+    elif one_query:
+        # it may attend to every key left, so no mask at all: building one per layer per token
+        # cost more than the attention itself at batch 1
+        y = F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=gqa)
     else:
         q_pos = torch.arange(q_pos0, q_pos0 + Tq, device=q.device)
         mask = attention_mask(q_pos, Tk, window, q.device)  # (Tq, Tk)
@@ -244,10 +251,12 @@ class CausalSelfAttention(nn.Module):
         if ve is not None:
             gate = self.ve_gate_range * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))  # (B, T, Hkv)
             v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)
-        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
-        q, k = norm(q), norm(k)  # QK-norm
+        # rotary and QK-norm treat each head on its own, so q's and k's heads go through them
+        # together: half the small operations, which is most of the time of decoding one token
+        qk = norm(apply_rotary_emb(torch.cat([q, k], dim=2), cos, sin))  # (B, T, H+Hkv, D)
         if self.qk_scale != 1.0:  # sharper attention: the scores become qk_scale^2 * q.k / sqrt(D)
-            q, k = q * self.qk_scale, k * self.qk_scale
+            qk = qk * self.qk_scale
+        q, k = qk.split([self.n_head, self.n_kv_head], dim=2)
         return q, k, v
 
     def forward(self, x, ve, cos, sin, window, kv_cache=None):
@@ -500,7 +509,7 @@ class GPT(nn.Module):
         smeared = cur + gate * prev
         return smeared if cached is not None else torch.cat([x[:, :1], smeared], dim=1)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # like no_grad, and tensors skip autograd's version counters too
     def generate(self, tokens, max_tokens, temperature=1.0, top_k=None, seed=42):
         """Plain autoregressive sampling without a KV cache (the reference the engine is tested against)."""
         device = self.get_device()

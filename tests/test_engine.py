@@ -175,3 +175,49 @@ def test_several_prompts_decode_together_as_they_would_alone(model_and_tokenizer
     together, masks = engine.generate_batch(prompts, num_samples=2, max_tokens=20, temperature=0.0)
     assert together == [row for row in alone for _ in range(2)]  # prompt by prompt, num_samples rows each
     assert [len(m) for m in masks] == [len(r) for r in together]
+
+
+# -----------------------------------------------------------------------------
+# decoding one token at a time: no mask, and a sliding window by slicing the cache
+
+@pytest.mark.parametrize("options,total", [(dict(window_pattern="SL"), 16),
+                                           (dict(window_pattern="SSL", window_rule="upstream", sequence_len=512), 160)])
+def test_one_token_decode_through_a_sliding_window_matches_the_full_forward(options, total):
+    from nanochat.gpt import GPTConfig, build_model
+    torch.manual_seed(0)
+    config = GPTConfig(**{**dict(sequence_len=16, vocab_size=300, n_layer=3, n_head=4, n_kv_head=2, n_embd=64),
+                          **options})
+    model = build_model(config, "cpu").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    assert min(model.window_sizes) < total  # the decode reaches past some layer's window
+    ids = torch.randint(0, 300, (2, total))
+    cache = KVCache.for_model(model, 2, 4)  # too small: it grows on the way
+    with torch.inference_mode():
+        full = model(ids)
+        stitched = torch.cat([model(ids[:, :3], kv_cache=cache)] +
+                             [model(ids[:, t:t + 1], kv_cache=cache) for t in range(3, total)], dim=1)
+    assert torch.allclose(stitched, full, atol=1e-4), (stitched - full).abs().max()
+
+
+def test_decoding_builds_no_attention_mask(monkeypatch):
+    import nanochat.gpt as gpt
+    model = _random_model("SL")
+    engine = Engine(model, _StandInTokenizer())
+    calls = []
+    real_mask = gpt.attention_mask
+    monkeypatch.setattr(gpt, "attention_mask", lambda *a: calls.append(a) or real_mask(*a))
+    for _ in engine.generate([5, 17, 200, 3], num_samples=3, max_tokens=8, temperature=1.0):
+        pass
+    assert calls == []  # the prefill is plainly causal and each decode step is one query per row
+
+
+class _StandInTokenizer:
+    """Special tokens outside the tiny vocabulary: no row ever ends early."""
+
+    def encode_special(self, name):
+        return 10_000 + len(name)
+
+    def get_bos_token_id(self):
+        return 10_000
