@@ -5,8 +5,10 @@ Pipeline position: after SFT (or mid / RL); loads a checkpoint of the stage give
 through nanochat/engine.py (KV cache, sampling, calculator tool use).
 
 Type a message and press Enter. Commands: `clear` starts a new conversation, `quit` (or Ctrl-D /
-end of input) leaves. Input can also be piped: each line is one user turn, and the program exits
-at the end of the input.
+end of input) leaves. In a terminal the line can be edited (arrows, Ctrl-A/E, Ctrl-R) and the up
+arrow brings back earlier messages, also those of earlier sessions (kept in chat_cli_history in
+the base dir), where Python has readline. Input can also be piped: each line is one user turn, and
+the program exits at the end of the input.
 
 Examples:
     python -m scripts.chat_cli -i sft
@@ -15,10 +17,12 @@ Examples:
     python -m scripts.chat_cli -i mid -g d4 -s 200 -t 0.8 -k 50
 """
 
+import os
 import sys
+import atexit
 import argparse
 
-from nanochat.common import compute_init, compute_cleanup, run_main, UserError, add_device_arg
+from nanochat.common import compute_init, compute_cleanup, run_main, UserError, add_device_arg, get_base_dir
 from nanochat.checkpoint_manager import add_checkpoint_args, load_model_from_args
 from nanochat.chat import ChatHistory, StreamDecoder, context_length
 from nanochat.engine import Engine
@@ -34,6 +38,30 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42, help="sampling seed (each turn uses seed + turn number)")
     add_device_arg(p)
     return p.parse_args(argv)
+
+
+HISTORY_FILE = "chat_cli_history"  # in the base dir: the messages typed in earlier sessions
+
+
+def enable_line_editing(path):
+    """Line editing and an up-arrow history for input(), where Python has readline (Linux, macOS):
+    the history starts with the file at `path` and is written back to it at exit."""
+    try:
+        import readline  # importing it is what makes input() editable
+    except ImportError:
+        return
+    readline.set_history_length(1000)
+    try:
+        readline.read_history_file(path)
+    except OSError:  # the first session, or an unreadable file: an empty history
+        pass
+
+    def save():
+        try:
+            readline.write_history_file(path)
+        except OSError:  # a read-only base dir loses the history, not the chat
+            pass
+    atexit.register(save)
 
 
 def stream_reply(engine, history, user_text, args, turn, out=sys.stdout, label="Assistant: "):
@@ -85,6 +113,7 @@ def main(argv=None):
         return
     interactive = sys.stdin.isatty()
     if interactive:
+        enable_line_editing(os.path.join(get_base_dir(), HISTORY_FILE))
         print(f"nanochat ({args.source}) | 'clear' starts a new conversation, 'quit' or Ctrl-D leaves")
     turn = 0
     while True:
