@@ -30,7 +30,7 @@ EVALS = ("core", "bpb", "sample")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.base_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--eval", default="core,bpb,sample", help="comma-separated: core, bpb, sample")
     add_checkpoint_args(p, "base")
     add_device_arg(p)

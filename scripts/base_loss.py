@@ -20,7 +20,7 @@ from nanochat.tokenizer import get_token_bytes
 from nanochat.engine import complete_prompts
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.base_loss", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(p, "base")
     add_device_arg(p)
     p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward pass")

@@ -36,14 +36,14 @@ from nanochat.tracking import add_logger_arg, make_logger
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.base_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # run
     p.add_argument("--run", type=str, default="dummy", help="run name (recorded in the meta and report)")
     add_logger_arg(p)
     add_device_arg(p)
     p.add_argument("--model-tag", type=str, default=None, help="checkpoint folder name (default d<depth>)")
     p.add_argument("--data-dir", type=str, default=None, help="folder of .parquet/.txt/.jsonl (default: downloaded shards, else the embedded corpus)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="random seed of the run (initial weights and everything else drawn at random)")
     # model
     p.add_argument("--depth", type=int, default=20, help="number of layers; sets the model size")
     p.add_argument("--aspect-ratio", type=int, default=64, help="model dim = depth x aspect ratio")
@@ -69,15 +69,15 @@ def parse_args(argv=None):
     p.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step")
     # optimizer
     tr.add_optimizer_args(p)
-    p.add_argument("--warmup-ratio", type=float, default=0.0)
-    p.add_argument("--warmdown-ratio", type=float, default=0.4)
-    p.add_argument("--final-lr-frac", type=float, default=0.0)
+    p.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of the steps over which the LR rises linearly from 0")
+    p.add_argument("--warmdown-ratio", type=float, default=0.4, help="fraction of the steps at the end over which the LR decays linearly")
+    p.add_argument("--final-lr-frac", type=float, default=0.0, help="the LR at the end of the warmdown, as a fraction of the peak")
     tr.add_compile_arg(p)
     # evaluation and saving
     p.add_argument("--eval-every", type=int, default=250, help="val bpb every N steps (-1: never)")
     p.add_argument("--eval-tokens", type=int, default=10 * 524288, help="tokens per val bpb evaluation")
     p.add_argument("--core-metric-every", type=int, default=2000, help="CORE score every N steps (-1: never)")
-    p.add_argument("--core-metric-max-per-task", type=int, default=500)
+    p.add_argument("--core-metric-max-per-task", type=int, default=500, help="items per task in the periodic CORE score (-1: all)")
     p.add_argument("--sample-every", type=int, default=2000, help="print samples every N steps (-1: never)")
     p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (the last step is always saved)")
     p.add_argument("--resume-from-step", type=int, default=-1, help="continue a run from its checkpoint at this step")

@@ -29,7 +29,7 @@ from nanochat.engine import Engine
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.chat_cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(p, "sft")
     p.add_argument("-p", "--prompt", type=str, default="", help="ask one question, print the answer and exit")
     p.add_argument("-t", "--temperature", type=float, default=0.6, help="sampling temperature (0: greedy)")

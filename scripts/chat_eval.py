@@ -26,7 +26,7 @@ from tasks.hub import TaskUnavailable
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.chat_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(p, "sft")
     p.add_argument("-a", "--task-name", type=str, default=None,
                    help=f"tasks separated by '|' (default: all of {'|'.join(EVAL_TASKS)})")

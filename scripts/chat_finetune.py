@@ -43,7 +43,7 @@ def add_finetune_args(p, stage):
     p.add_argument("--run", type=str, default="dummy", help="run name (recorded in the meta and report)")
     add_logger_arg(p)
     add_device_arg(p)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="random seed of the run (data order and everything else drawn at random)")
     tr.add_compile_arg(p)
     # what to start from and where to write
     cm.add_checkpoint_args(p, PREVIOUS_STAGE[stage])
@@ -61,7 +61,7 @@ def add_finetune_args(p, stage):
                    help="start at this fraction of the learning rates above")
     p.add_argument("--warmdown-ratio", type=float, default=0.2 if stage == "mid" else 1.0,
                    help="fraction of the steps over which the LR decays linearly")
-    p.add_argument("--final-lr-frac", type=float, default=0.0)
+    p.add_argument("--final-lr-frac", type=float, default=0.0, help="the LR at the end of the warmdown, as a fraction of the starting LR")
     # evaluation and saving
     p.add_argument("--eval-every", type=int, default=150 if stage == "mid" else 100,
                    help="val bpb every N steps and at the end (-1: never)")

@@ -36,11 +36,11 @@ from tasks.mixtures import load_rl_tasks
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.chat_rl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="dummy", help="run name (recorded in the meta and report)")
     add_logger_arg(p)
     add_device_arg(p)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="random seed of the run (the rollouts' sampling seeds derive from it)")
     tr.add_compile_arg(p)
     # what to start from and where to write
     cm.add_checkpoint_args(p, "sft")

@@ -29,7 +29,7 @@ from scripts.chat_finetune import add_finetune_args, finetune
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.chat_sft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_finetune_args(p, "sft")
     p.add_argument("--device-batch-size", type=int, default=4, help="conversations per forward/backward per process")
     p.add_argument("--target-examples-per-step", type=int, default=32, help="conversations per optimizer step")

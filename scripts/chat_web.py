@@ -33,7 +33,7 @@ from nanochat.web import MAX_TOKENS_RANGE, SamplingDefaults, WorkerPool, create_
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.chat_web", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(p, "sft")
     p.add_argument("-n", "--num-gpus", type=int, default=None,
                    help="workers, one model copy per GPU (default: every visible GPU; one on CPU)")

@@ -29,7 +29,7 @@ from scripts.chat_finetune import add_finetune_args, finetune
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.mid_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_finetune_args(p, "mid")
     p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward/backward per process")
     p.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step")

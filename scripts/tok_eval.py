@@ -91,7 +91,7 @@ SAMPLE_TEXTS = [("news", NEWS_TEXT), ("code", CODE_TEXT), ("math", MATH_TEXT),
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.tok_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--references", type=str, default="gpt2,cl100k", help="comma-separated reference encodings (gpt2, cl100k, o200k)")
     p.add_argument("--corpus-chars", type=float, default=1e6, help="characters of the corpus train and val splits to measure on")
     p.add_argument("--data-dir", type=str, default=None, help="folder of .parquet/.txt/.jsonl (default: downloaded shards, else the embedded corpus)")

@@ -25,7 +25,7 @@ SANITY_TEXT = "Hello world! In 2024, 12345 tokens cost $6.78.\n\tdef f(x): retur
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.tok_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vocab-size", type=int, default=32768, help="tokens in the vocabulary, the 9 special tokens included")
     p.add_argument("--max-chars", type=float, default=2e9, help="stop reading after this many characters (or at the end of the data)")
     p.add_argument("--doc-cap", type=int, default=10_000, help="use at most this many characters of each document")

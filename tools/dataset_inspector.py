@@ -40,7 +40,7 @@ def parse_args(argv):
     p.add_argument("--analyze-lengths", action="store_true", help="length histograms and percentiles")
     p.add_argument("--max-seq-len", type=int, default=2048, help="context length for the truncation share")
     p.add_argument("--export", metavar="OUT", help="write --export-count random conversations to a text file")
-    p.add_argument("--export-count", type=int, default=100)
+    p.add_argument("--export-count", type=int, default=100, help="how many conversations --export writes")
     p.add_argument("--fix", metavar="OUT", help="write a cleaned copy: invalid lines and duplicates dropped")
     p.add_argument("--max-problems", type=int, default=50, help="most problems to print")
     p.add_argument("--json", action="store_true", help="machine-readable output")
