@@ -7,6 +7,13 @@ import contextlib
 import pytest
 import torch
 
+# the checkpoint folder written by upstream nanochat (shared/fixtures beside the checkout, as in CI)
+UPSTREAM_FIXTURE = os.environ.get("NANOCHAT_UPSTREAM_FIXTURE") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "fixtures",
+    "upstream-nanochat-d3")
+# outside CI a checkout without shared/ skips those tests; in CI a missing fixture is a failure
+SKIP_WITHOUT_UPSTREAM = not os.path.isdir(UPSTREAM_FIXTURE) and not os.environ.get("CI")
+
 # two cores are shared by everything on the test machine; one thread keeps results reproducible
 torch.set_num_threads(1)
 

@@ -21,7 +21,7 @@ from nanochat.common import UserError, run_entry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a checkpoint folder written by unmodified upstream nanochat (see its README); outside the repo
-UPSTREAM = os.environ.get("NANOCHAT_UPSTREAM_FIXTURE", "/work/shared/fixtures/upstream-nanochat-d3")
+from tests.conftest import UPSTREAM_FIXTURE as UPSTREAM, SKIP_WITHOUT_UPSTREAM
 
 
 class RunsCode:
@@ -162,7 +162,7 @@ def test_crafted_tokenizer_pickle_ends_a_script_with_one_line_and_exit_2(tmp_pat
 # -----------------------------------------------------------------------------
 # upstream nanochat's tokenizer: a pickled tiktoken Encoding, read as data
 
-@pytest.mark.skipif(not os.path.isdir(UPSTREAM), reason=f"upstream fixture not found at {UPSTREAM}")
+@pytest.mark.skipif(SKIP_WITHOUT_UPSTREAM, reason=f"upstream fixture not found at {UPSTREAM}")
 def test_upstream_tokenizer_reproduces_upstream_token_ids(monkeypatch, tmp_path):
     from nanochat.common import use_base_dir
     from nanochat.tokenizer import get_tokenizer, get_token_bytes
@@ -184,7 +184,7 @@ def test_upstream_tokenizer_reproduces_upstream_token_ids(monkeypatch, tmp_path)
     assert again.encode(reference["text"], prepend="<|bos|>") == reference["ids_with_bos"]
 
 
-@pytest.mark.skipif(not os.path.isdir(UPSTREAM), reason=f"upstream fixture not found at {UPSTREAM}")
+@pytest.mark.skipif(SKIP_WITHOUT_UPSTREAM, reason=f"upstream fixture not found at {UPSTREAM}")
 def test_upstream_checkpoint_without_checksums_loads_with_its_optimizer():
     ckpt = os.path.join(UPSTREAM, "base_checkpoints", "d3")
     model_state, optim_state, meta = cm.load_checkpoint(ckpt, 80, load_optimizer=True)

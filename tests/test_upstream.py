@@ -18,8 +18,8 @@ from nanochat.common import run_entry
 from nanochat.gpt import GPT, GPTConfig, UPSTREAM_ARCH, build_model, config_from_depth
 
 # a checkpoint folder written by unmodified upstream nanochat (see its README); outside the repo
-UPSTREAM = os.environ.get("NANOCHAT_UPSTREAM_FIXTURE", "/work/shared/fixtures/upstream-nanochat-d3")
-pytestmark = pytest.mark.skipif(not os.path.isdir(UPSTREAM), reason=f"upstream fixture not found at {UPSTREAM}")
+from conftest import UPSTREAM_FIXTURE as UPSTREAM, SKIP_WITHOUT_UPSTREAM
+pytestmark = pytest.mark.skipif(SKIP_WITHOUT_UPSTREAM, reason=f"upstream fixture not found at {UPSTREAM}")
 RUN = os.path.join(UPSTREAM, "base_checkpoints", "d3")
 STEPS = (40, 80)
 
