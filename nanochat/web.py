@@ -1079,11 +1079,13 @@ async def _collect_or_disconnect(request, admission, events):
     return work.result()
 
 
-def create_app(pool, model_name, defaults=None, ui_path=UI_PATH, api_key=None, cors_origins=()):
+def create_app(pool, model_name, defaults=None, ui_path=UI_PATH, api_key=None, cors_origins=(), examples=()):
     """The FastAPI app: the page, health and stats, the OpenAI API under /v1, the page's own
     stream, and a tokenizer (vLLM's /tokenize, /detokenize, /tokenizer_info, which evaluation
     harnesses use). api_key: required of every request but the page and /health; cors_origins:
-    the web origins allowed to call the API from a browser (none by default)."""
+    the web origins allowed to call the API from a browser (none by default); examples: prompts
+    the model was trained on ({"prompt", "family"} dicts, from tasks/examples.py), which /stats
+    hands to the page's empty state."""
     from fastapi import FastAPI, Request
     from fastapi.middleware.cors import CORSMiddleware
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -1147,6 +1149,7 @@ def create_app(pool, model_name, defaults=None, ui_path=UI_PATH, api_key=None, c
         return {"model": model_name, "context_len": context_len,
                 "defaults": {"temperature": defaults.temperature, "top_k": defaults.top_k,
                              "max_tokens": defaults.max_tokens},
+                "examples": [{"prompt": e["prompt"], "family": e["family"]} for e in examples],
                 **pool.stats()}
 
     model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "nanochat"}

@@ -60,5 +60,7 @@ stage "talk to your model"
 python -m scripts.chat_cli -i sft -g $TAG -t 0 -p "Mia has 12 shells. Mia gets 30 more. How many shells does Mia have now?"
 echo
 echo "=== demo done in $(( $(date +%s) - t_start ))s. Chat with it:"
-echo "    source .venv/bin/activate && python -m scripts.chat_cli -i sft        # in the terminal"
-echo "    source .venv/bin/activate && python -m scripts.chat_web -i sft        # in the browser"
+echo "    source .venv/bin/activate && python -m scripts.chat_cli -i sft -g $TAG   # in the terminal"
+echo "    source .venv/bin/activate && python -m scripts.chat_web -i sft -g $TAG   # in the browser"
+echo
+python -m tasks.examples

@@ -26,6 +26,7 @@ from nanochat.common import compute_init, compute_cleanup, run_main, UserError, 
 from nanochat.checkpoint_manager import add_checkpoint_args, load_model_from_args
 from nanochat.chat import ChatHistory, StreamDecoder, context_length
 from nanochat.engine import Engine
+from tasks.examples import examples_text
 
 
 def parse_args(argv=None):
@@ -37,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("-m", "--max-tokens", type=int, default=256, help="longest reply, in tokens")
     p.add_argument("--seed", type=int, default=42, help="sampling seed (each turn uses seed + turn number)")
     add_device_arg(p)
+    p.epilog = examples_text()
     return p.parse_args(argv)
 
 
@@ -115,6 +117,7 @@ def main(argv=None):
     if interactive:
         enable_line_editing(os.path.join(get_base_dir(), HISTORY_FILE))
         print(f"nanochat ({args.source}) | 'clear' starts a new conversation, 'quit' or Ctrl-D leaves")
+        print(examples_text())
     turn = 0
     while True:
         try:

@@ -8,7 +8,8 @@ flags, loads one model copy per GPU (one on CPU) and runs uvicorn.
 Endpoints:
     GET  /                      the chat page
     GET  /health                ready? how many workers, how many free
-    GET  /stats                 per-worker device, busy flag, requests served, tokens generated; defaults
+    GET  /stats                 per-worker device, busy flag, requests served, tokens generated; defaults;
+                                example prompts of the tasks the model trained on (the page's empty state)
     POST /v1/chat/completions   the OpenAI Chat Completions API (stream or not, logprobs); top_k as an extra field
     POST /v1/completions        the OpenAI (legacy) Completions API: raw prompts, echo + logprobs for scoring
     GET  /v1/models[/ID]        the one model served
@@ -30,6 +31,7 @@ import sys
 from nanochat.common import UserError, run_main, add_device_arg
 from nanochat.checkpoint_manager import add_checkpoint_args, checkpoint_from_args
 from nanochat.web import MAX_TOKENS_RANGE, SamplingDefaults, WorkerPool, create_app, load_workers
+from tasks.examples import example_prompts
 
 
 def parse_args(argv=None):
@@ -89,7 +91,8 @@ def main(argv=None):
     workers, model_name, _ = load_workers(source, args.device_type, args.num_gpus, tag, step)
     max_queue = args.max_queue if args.max_queue is not None else 8 * len(workers)
     pool = WorkerPool(workers, max_queue)
-    app = create_app(pool, model_name, defaults, api_key=args.api_key, cors_origins=args.cors_origin)
+    app = create_app(pool, model_name, defaults, api_key=args.api_key, cors_origins=args.cors_origin,
+                     examples=example_prompts())
     devices = ", ".join(str(w.device) for w in workers)
     print(f"serving {model_name} on {devices} ({len(workers)} worker(s), queue {max_queue})")
     if not is_loopback(args.host) and not args.api_key:
