@@ -14,6 +14,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from nanochat.common import UserError
+
 
 @torch.no_grad()
 def evaluate_bpb(model, batches, steps, token_bytes, autocast=None):
@@ -43,9 +45,32 @@ def evaluate_bpb(model, batches, steps, token_bytes, autocast=None):
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total_nats)
         dist.all_reduce(total_bytes)
-    if total_bytes.item() == 0:
-        return float("inf")
+    if total_bytes.item() == 0:  # no batch at all: there is nothing to measure, and inf would read as divergence
+        raise UserError("the validation data could not fill a single batch, so bits per byte cannot be measured; "
+                        "add validation text or use a smaller batch size / sequence length")
     return total_nats.item() / (math.log(2) * total_bytes.item())
+
+
+def check_val_fills_batch(tokenizer, batch_size, seq_len, data_dir=None, rank=0, world_size=1):
+    """Refuse, before training starts, a validation split too small for one (batch_size, seq_len)
+    batch: evaluate_bpb would have nothing to measure. One pass packs rows the way the evaluation
+    does; only up to batch_size of them are tokenized, so the check is quick on any split."""
+    from nanochat.dataloader import DataLoader
+    from nanochat.dataset import list_data_files, split_files
+    loader = DataLoader(tokenizer, 1, seq_len, "val", "cpu", data_dir, rank, world_size, repeat=False)
+    rows, batches = 0, iter(loader)
+    while rows < batch_size and next(batches, None) is not None:  # one row per batch: rows pack the same
+        rows += 1                                                  # whatever the batch size
+    if rows >= batch_size:
+        return
+    files = list_data_files(data_dir)
+    which = ("the last file of the data folder is the validation split" if len(files) > 1 else
+             "the only data file is also the validation split")
+    fix = f"lower --device-batch-size to {rows}" if rows else "lower --max-seq-len"
+    raise UserError(f"the validation text ({split_files(files, 'val')[0]}) fills {rows} row(s) of {seq_len + 1} "
+                    f"tokens{' on this process' if world_size > 1 else ''}, but one evaluation batch needs "
+                    f"{batch_size} (--device-batch-size): add text to it ({which}), {fix}, or turn evaluation "
+                    f"off with --eval-every -1")
 
 
 def evaluate_split_bpb(model, tokenizer, split, batch_size, seq_len, tokens, token_bytes, rank=0, world_size=1,

@@ -28,7 +28,7 @@ from nanochat.common import (compute_init, compute_cleanup, print0, get_peak_flo
                              UserError, format_duration)
 from nanochat.gpt import config_from_depth, build_model, UPSTREAM_ARCH
 from nanochat.dataloader import DataLoader
-from nanochat.loss_eval import evaluate_bpb
+from nanochat.loss_eval import evaluate_bpb, check_val_fills_batch
 from nanochat.engine import complete_prompts
 from nanochat import checkpoint_manager as cm
 from nanochat import training as tr
@@ -92,6 +92,8 @@ def main(argv=None):
     tokenizer = get_tokenizer()
     token_bytes = get_token_bytes(rt.device)
     vocab_size = tokenizer.get_vocab_size()
+    if args.eval_every > 0:  # refuse now a val split too small to measure, not with an inf val bpb later
+        check_val_fills_batch(tokenizer, args.device_batch_size, args.max_seq_len, args.data_dir, rt.rank, rt.world_size)
 
     # -------------------------------------------------------------------------
     # the model, the length of the run and the optimizer

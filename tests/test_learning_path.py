@@ -71,3 +71,119 @@ def test_readme_and_the_demo_show_the_same_examples():
     with open(os.path.join(ROOT, "runs", "cpu_demo.sh"), encoding="utf-8") as f:
         tail = f.read().rstrip().splitlines()[-4:]
     assert "python -m scripts.chat_cli -i sft -g $TAG" in tail[0] and tail[-1] == "python -m tasks.examples"
+
+
+# -----------------------------------------------------------------------------
+# diagnoses that fit the stage
+
+def history_of(records, stage=None, folder="run", metas=None, **meta_keys):
+    from tools.lib import metrics as mx
+    if stage is not None:
+        metas = {records[-1]["step"]: {"stage": stage, "model_config": {"vocab_size": 512}, **meta_keys}}
+    return mx.RunHistory(path=f"/nowhere/{folder}/d4", name="d4", origin="metrics.jsonl", records=records,
+                         metas=metas or {})
+
+
+def findings(history):
+    from tools.lib import metrics as mx
+    return {f.check: f for f in mx.diagnose(history)}
+
+
+def losses(values):
+    return [{"step": i, "train_loss": v, "lr": 1.0} for i, v in enumerate(values, 1)]
+
+
+@pytest.mark.parametrize("stage", ["mid", "sft"])
+def test_a_finetune_is_not_judged_by_a_fresh_models_first_loss(stage):
+    started_trained = findings(history_of(losses([2.5] + [2.0] * 20), stage))["first loss"]
+    assert started_trained.level == "ok" and "starts from a trained model" in started_trained.text
+    assert "good init" not in started_trained.text
+    # a finetune that starts at ln(vocab) did not load its weights: that is the finding
+    started_fresh = findings(history_of(losses([math.log(512)] + [5.0] * 20), stage))["first loss"]
+    assert started_fresh.level == "warn" and "were the weights" in started_fresh.text
+    # the base model keeps its check
+    base = findings(history_of(losses([math.log(512)] + [5.0] * 20), "base"))["first loss"]
+    assert base.level == "ok" and "good init" in base.text
+
+
+def test_the_stage_is_read_from_the_folder_while_a_run_has_no_checkpoint():
+    for folder, stage in cm.STAGE_DIRS.items():
+        assert history_of(losses([2.5] * 3), folder=stage).stage == folder
+    assert history_of(losses([2.5] * 3)).stage == "base"  # a folder of any other name
+
+
+def rl_records(rewards, **extra):
+    return [{"step": i, "reward_mean": r, "loss": 0.001, "lr": 1 - i / len(rewards), **extra}
+            for i, r in enumerate(rewards, 1)]
+
+
+def test_an_rl_run_is_judged_by_its_rewards():
+    rewards = [0.2, 0.25, 0.2, 0.22, 0.3, 0.35, 0.3, 0.4, 0.45, 0.5, 0.45, 0.55]
+    records = rl_records(rewards)
+    records[-1]["heldout_reward"] = 0.5
+    h = history_of(records, "rl", loop_state={"heldout_before": {"reward": 0.3, "greedy": 0.3}})
+    found = findings(h)
+    assert set(found) == {"reward trend", "NaN/inf", "held-out"}
+    assert all(f.level != "unknown" for f in found.values()), found
+    assert found["reward trend"].level == "ok" and "0.217 over the first quarter" in found["reward trend"].text
+    assert found["held-out"].level == "ok" and "0.300 before RL -> 0.500" in found["held-out"].text
+    assert found["NaN/inf"].level == "ok"
+    # a NaN policy-gradient loss, a flat reward, and nothing to learn from
+    broken = rl_records(rewards)
+    broken[5]["loss"] = float("nan")
+    assert findings(history_of(broken, "rl"))["NaN/inf"].level == "bad"
+    flat = findings(history_of(rl_records([0.3, 0.32, 0.28, 0.3] * 3), "rl"))["reward trend"]
+    assert flat.level == "warn" and "no clear change" in flat.text
+    zero = findings(history_of(rl_records([0.0] * 12), "rl"))["reward trend"]
+    assert zero.level == "bad" and "nothing to learn" in zero.text
+
+
+def test_an_rl_run_is_recognised_without_a_meta_and_its_summary_shows_rewards(tmp_path, capsys):
+    run_dir = tmp_path / "chatrl_checkpoints" / "d4"
+    run_dir.mkdir(parents=True)
+    with open(run_dir / cm.METRICS_FILE, "w") as f:
+        for r in rl_records([0.1 * (i % 5) for i in range(12)]):
+            f.write(json.dumps(r) + "\n")
+    from tools import training_dashboard
+    assert run_entry(training_dashboard.main, [str(run_dir), "--progress"]) == 0
+    out = capsys.readouterr().out
+    assert "latest mean reward" in out and "reward trend" in out and "first loss" not in out
+    assert "no validation bpb" not in out and "mean reward" in out.split("Progress")[1]
+
+
+def test_an_inf_val_bpb_beside_finite_train_losses_is_not_called_a_divergence():
+    records = losses([6.2] + [4.0] * 20)
+    records[4]["val_bpb"] = float("inf")
+    found = findings(history_of(records))["NaN/inf"]
+    assert found.level == "warn" and "not a divergence" in found.text and "diverged" not in found.text
+    records[10]["train_loss"] = float("nan")
+    assert findings(history_of(records))["NaN/inf"].level == "bad"
+
+
+def test_evaluate_bpb_refuses_to_measure_nothing():
+    import torch
+    from nanochat.gpt import GPTConfig, build_model
+    from nanochat.loss_eval import evaluate_bpb
+    model = build_model(GPTConfig(sequence_len=8, vocab_size=64, n_layer=1, n_head=1, n_kv_head=1, n_embd=32), "cpu")
+    with pytest.raises(UserError, match="could not fill a single batch"):
+        evaluate_bpb(model, iter([]), 4, torch.ones(64, dtype=torch.long))
+
+
+def test_a_small_own_text_folder_is_refused_at_the_start_in_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+    from scripts import base_train
+    from conftest import TINY_TRAIN_ARGS
+    shutil.copytree(tiny_run / "tokenizer", tmp_path / "base" / "tokenizer")  # the shared run stays untouched
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path / "base"))
+    data = tmp_path / "my_texts"
+    data.mkdir()
+    (data / "a_notes.txt").write_text("\n\n".join(f"My note {i} about foxes, dogs and the weather." for i in range(300)))
+    (data / "b_last.txt").write_text("A short last note.")
+    code = run_entry(base_train.main, TINY_TRAIN_ARGS + ["--data-dir", str(data), "--model-tag", "own"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert "b_last.txt" in err and "--device-batch-size" in err and "--eval-every -1" in err
+    assert not os.path.exists(cm.checkpoint_dir("base", "own"))  # refused before anything was written
+    # with evaluation off the same folder trains (a repeated flag: the last one counts)
+    assert run_entry(base_train.main, TINY_TRAIN_ARGS + ["--num-iterations", "1", "--eval-every", "-1",
+                                                         "--data-dir", str(data), "--model-tag", "own"]) == 0
+    assert cm.list_steps(cm.checkpoint_dir("base", "own")) == [1]

@@ -68,10 +68,17 @@ def print_summary(history):
         ("read from", s["origin"]),
         ("steps logged", f"{s['num_records']:,} (step {s['first_step']} .. {s['last_step']}){pct}"),
         ("checkpoints", f"{s['num_checkpoints']}: " + ", ".join(map(str, s["checkpoint_steps"])) if s["checkpoint_steps"] else "none"),
-        ("latest train loss", ui.fmt_num(s["latest_train_loss"])),
-        ("smoothed train loss", ui.fmt_num(s["latest_smooth_train_loss"])),
-        ("latest val bpb", ui.fmt_num(s["latest_val_bpb"])),
-        ("best val checkpoint", ui.good(best) if s["best_val_bpb"] is not None else best),
+        ("stage", s["stage"]),
+    ]
+    if s["stage"] == "rl":  # RL logs rewards, not a train loss or val bpb
+        rows += [("latest mean reward", ui.fmt_num(s["latest_reward_mean"])),
+                 ("held-out mean reward", ui.fmt_num(s["latest_heldout_reward"]))]
+    else:
+        rows += [("latest train loss", ui.fmt_num(s["latest_train_loss"])),
+                 ("smoothed train loss", ui.fmt_num(s["latest_smooth_train_loss"])),
+                 ("latest val bpb", ui.fmt_num(s["latest_val_bpb"])),
+                 ("best val checkpoint", ui.good(best) if s["best_val_bpb"] is not None else best)]
+    rows += [
         ("LR multiplier", ui.fmt_num(lr) + (("  (" + ", ".join(f"{k} {v:.3g}" for k, v in lrs.items()) + ")") if lrs else "")),
         ("tokens seen", ui.fmt_si(s["tokens_seen"]) if s["tokens_seen"] is not None else "-"),
         ("training time", ui.fmt_num(s["training_time"]) + " s" if s["training_time"] is not None else "-"),
@@ -92,7 +99,17 @@ def print_diagnosis(history):
         print(f"  {ui.style(ui.pad(tag, 4), colour, 'bold')}  {ui.pad(f.check, 14)} {f.text}")
 
 
+def print_rl_progress(history):
+    rows = [[r["step"], r.get("reward_mean"), r.get("loss"), r.get("heldout_reward", "-"), r.get("lr"),
+             "ckpt" if r["step"] in history.metas else ""] for r in history.records]
+    print()
+    print(ui.heading(f"Progress ({history.origin})"))
+    print(ui.table(rows, headers=["step", "mean reward", "loss", "held-out reward", "lr x", ""], align=">>>>><"))
+
+
 def print_progress(history, x):
+    if history.stage == "rl":
+        return print_rl_progress(history)
     xs, sm = history.smoothed_loss()
     smooth_by_step = dict(zip(xs, sm))
     best = mx.best_val_checkpoint(history)

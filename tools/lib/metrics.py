@@ -75,6 +75,19 @@ class RunHistory:
         return meta.get("model_config") if meta else None
 
     @property
+    def stage(self):
+        """base, mid, sft or rl: the meta's "stage", else the stage folder the run sits in (a run
+        that has saved no checkpoint yet), else rl when the records log rewards, else base."""
+        meta = self.latest_meta or {}
+        if meta.get("stage") in cm.STAGE_DIRS:
+            return meta["stage"]
+        parent = os.path.basename(os.path.dirname(os.path.normpath(self.path)))
+        for stage, folder in cm.STAGE_DIRS.items():
+            if folder == parent:
+                return stage
+        return "rl" if self.has("reward_mean") else "base"
+
+    @property
     def num_iterations(self):
         meta = self.latest_meta or {}
         n = meta.get("num_iterations") or (meta.get("user_config") or {}).get("num_iterations")
@@ -172,9 +185,10 @@ def load_run(path, base_dir=None):
     else:
         raise UserError(f"{ckpt_dir} has neither {cm.METRICS_FILE} nor checkpoints (model_*.pt + meta_*.json); "
                         "point at a folder such as ~/.cache/nanochat/base_checkpoints/d4")
-    if history.records and not history.has("tokens_per_sec"):
+    supervised = history.stage != "rl"  # RL logs rewards and no throughput or val bpb, by design
+    if history.records and supervised and not history.has("tokens_per_sec"):
         history.missing.append("no throughput (tokens/s is only logged in metrics.jsonl)")
-    if history.records and not history.has("val_bpb"):
+    if history.records and supervised and not history.has("val_bpb"):
         history.missing.append("no validation bpb measured yet")
     return history
 
@@ -216,6 +230,7 @@ def summarize(history):
     n_iter = history.num_iterations
     return {
         "path": history.path,
+        "stage": history.stage,
         "origin": history.origin,
         "num_records": len(history.records),
         "first_step": steps[0] if steps else None,
@@ -227,6 +242,8 @@ def summarize(history):
         "latest_train_loss": (last_value(history, "train_loss") or (None, None))[1],
         "latest_smooth_train_loss": sm[-1] if sm else None,
         "latest_val_bpb": (last_value(history, "val_bpb") or (None, None))[1],
+        "latest_reward_mean": (last_value(history, "reward_mean") or (None, None))[1],        # RL
+        "latest_heldout_reward": (last_value(history, "heldout_reward") or (None, None))[1],  # RL
         "latest_lr_multiplier": (last_value(history, "lr") or (None, None))[1],
         "latest_lrs": latest_lrs,
         "best_val_step": best[0] if best else None,
@@ -264,6 +281,14 @@ def _check_first_loss(history):
     where = f"first loss {first:.3f} vs ln(vocab {vocab}) = {expected:.3f}"
     if not finite(first):
         return Finding("first loss", "bad", f"the very first loss is {first}: something is broken before training starts")
+    stage = history.stage
+    if stage != "base":  # midtraining and SFT start from a trained model, not from a fresh init
+        if ratio < 0.9:
+            return Finding("first loss", "ok", f"{where}: well below uniform guessing, as it should be: {stage} "
+                           "starts from a trained model (conversations are new to it, so a few nats above the "
+                           "base model's own loss is normal)")
+        return Finding("first loss", "warn", f"{where}: as high as an untrained model's, but {stage} starts from a "
+                       "trained one: were the weights of the stage before loaded, and is it the same tokenizer?")
     if 0.9 <= ratio <= 1.1:
         return Finding("first loss", "ok", f"{where}: the untrained model guesses uniformly, as a good init should")
     if ratio > 1.1:
@@ -273,20 +298,30 @@ def _check_first_loss(history):
                    "is this a resumed run, or does the data repeat something trivially predictable?")
 
 
-def _check_nonfinite(history):
-    bad = []
-    for key in ("train_loss", "val_bpb"):
-        for r in history.records:
-            v = r.get(key)
-            if isinstance(v, float) and not math.isfinite(v):
-                bad.append((r["step"], key, v))
-                break
-    if not history.has("train_loss") and not history.has("val_bpb"):
+def first_nonfinite(history, key):
+    """(step, value) of the first record whose `key` is NaN or inf, or None."""
+    for r in history.records:
+        v = r.get(key)
+        if isinstance(v, float) and not math.isfinite(v):
+            return r["step"], v
+    return None
+
+
+def _check_nonfinite(history, loss_key="train_loss"):
+    train, val = first_nonfinite(history, loss_key), first_nonfinite(history, "val_bpb")
+    name = "train loss" if loss_key == "train_loss" else loss_key
+    if not history.has(loss_key) and not history.has("val_bpb") and not (train or val):
         return Finding("NaN/inf", "unknown", "no losses logged to check")
-    if bad:
-        where = "; ".join(f"{key} = {v} first at step {s}" for s, key, v in bad)
-        return Finding("NaN/inf", "bad", f"{where}: training diverged. Lower the learning rate or resume from an "
-                       "earlier checkpoint")
+    if train:
+        return Finding("NaN/inf", "bad", f"{name} = {train[1]} first at step {train[0]}: training diverged. Lower "
+                       "the learning rate or resume from an earlier checkpoint")
+    if val:
+        # a diverged model has a NaN train loss too; an inf val bpb beside finite train losses
+        # means the evaluation had no tokens to measure (a validation split smaller than one batch)
+        beside = ("while every train loss is finite" if history.has(loss_key) else "(no train loss logged to compare)")
+        return Finding("NaN/inf", "warn", f"val_bpb = {val[1]} first at step {val[0]} {beside}: not a divergence, "
+                       "the validation split was too small to fill one evaluation batch, so nothing was measured. "
+                       "Add validation text (the last file of the data folder) or lower --device-batch-size")
     return Finding("NaN/inf", "ok", "every logged loss is a finite number")
 
 
@@ -393,9 +428,70 @@ def _check_warmdown(history):
 DIAGNOSIS_CHECKS = (_check_first_loss, _check_nonfinite, _check_spikes, _check_plateau, _check_gap, _check_warmdown)
 
 
+# RL logs no train loss or val bpb: one record per step with reward_mean (the mean reward of the
+# step's sampled replies), the policy-gradient loss, the LR, and heldout_* when it evaluated
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def _check_rl_reward(history):
+    _, ys = history.series("reward_mean")
+    ys = [v for v in ys if finite(v)]
+    if len(ys) < 8:
+        return Finding("reward trend", "unknown", f"too few steps with a reward ({len(ys)}) to see a trend (needs 8)")
+    q = len(ys) // 4
+    first, last = ys[:q], ys[-q:]
+    a, b = _mean(first), _mean(last)
+    if max(ys) == 0:
+        return Finding("reward trend", "bad", "every sampled reply scored 0: no reply is better than its siblings, so "
+                       "there is no advantage and nothing to learn. Start from a model that solves some problems "
+                       "(more SFT) or give it easier ones (--task Arithmetic)")
+    if min(a, b) >= 0.98:
+        return Finding("reward trend", "info", f"the mean reward is already {b:.3f}: the model solves nearly every "
+                       "problem, so RL has little left to learn; try harder problems")
+    # the noise of a quarter's mean: the spread of the step rewards over the square root of their number
+    var = lambda v, m: sum((x - m) ** 2 for x in v) / max(1, len(v) - 1)
+    noise = math.sqrt(var(first, a) / q + var(last, b) / q)
+    where = f"mean reward {a:.3f} over the first quarter of the steps -> {b:.3f} over the last"
+    if b - a > 2 * noise:
+        return Finding("reward trend", "ok", f"{where}: the policy is learning")
+    if a - b > 2 * noise:
+        return Finding("reward trend", "warn", f"{where}: falling. The learning rate may be too high (--init-lr-frac) "
+                       "or the replies are drifting; compare the held-out reward")
+    return Finding("reward trend", "warn", f"{where}: no clear change (within the step-to-step noise {2 * noise:.3f}). "
+                   "More steps, more samples per question or a higher learning rate may help")
+
+
+def _check_rl_heldout(history):
+    """Held-out reward before RL (the meta's loop_state) and after (the last evaluation)."""
+    meta = history.latest_meta or {}
+    before = ((meta.get("loop_state") or {}).get("heldout_before") or {}).get("reward")
+    xs, ys = history.series("heldout_reward")
+    pairs = [(x, v) for x, v in zip(xs, ys) if finite(v)]
+    after = pairs[-1][1] if pairs else (meta.get("heldout") or {}).get("reward")
+    if not finite(before) and len(pairs) >= 2:
+        before = pairs[0][1]
+    if not finite(after):
+        return Finding("held-out", "unknown", "no held-out evaluation logged yet (it runs every --eval-every steps "
+                       "and at the end)")
+    if not finite(before):
+        return Finding("held-out", "info", f"held-out mean reward {after:.3f}; no earlier measurement to compare with")
+    if after > before:
+        return Finding("held-out", "ok", f"held-out mean reward {before:.3f} before RL -> {after:.3f}: it improves "
+                       "on problems it never trained on")
+    return Finding("held-out", "warn", f"held-out mean reward {before:.3f} before RL -> {after:.3f}: no gain on "
+                   "problems it never trained on. A longer run, or the training reward rose by memorising")
+
+
+RL_CHECKS = (_check_rl_reward, lambda h: _check_nonfinite(h, "loss"), _check_rl_heldout)
+
+
 def diagnose(history):
-    """A list of Findings, one per check, in the order a learner should read them."""
-    return [check(history) for check in DIAGNOSIS_CHECKS]
+    """A list of Findings, one per check, in the order a learner should read them: the loss checks
+    for base, mid and SFT runs (the first-loss check judged by the stage), the reward checks for RL."""
+    checks = RL_CHECKS if history.stage == "rl" else DIAGNOSIS_CHECKS
+    return [check(history) for check in checks]
 
 
 # -----------------------------------------------------------------------------
