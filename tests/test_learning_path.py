@@ -187,3 +187,63 @@ def test_a_small_own_text_folder_is_refused_at_the_start_in_one_line(tiny_run, t
     assert run_entry(base_train.main, TINY_TRAIN_ARGS + ["--num-iterations", "1", "--eval-every", "-1",
                                                          "--data-dir", str(data), "--model-tag", "own"]) == 0
     assert cm.list_steps(cm.checkpoint_dir("base", "own")) == [1]
+
+
+# -----------------------------------------------------------------------------
+# the tools' figures
+
+def test_lr_finder_recommend_gives_the_flags_to_paste_and_names_the_lm_head_flag(tiny_base_dir, capsys):
+    from tools import lr_finder
+    assert run_entry(lr_finder.main, ["d2", "--recommend"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) >= 3
+    assert "--matrix-lr 0.02 --embedding-lr 0.2 --unembedding-lr 0.004 --scalar-lr 0.5" in out
+    assert "--range-test" in out
+    assert run_entry(lr_finder.main, ["d2"]) == 0
+    lm_head = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("lm_head"))
+    assert lm_head.split()[1] == "--unembedding-lr" and lm_head.split()[-1] == "0.0040"
+
+
+def test_lr_finder_suggests_halved_flags_after_a_nan(tmp_path):
+    from tools.lib import lr_finder as lf
+    records = losses([6.0, 5.5, float("nan")])
+    a = lf.analyze_run(history_of(records, "base", user_config={"matrix_lr": 0.04}))
+    assert a["flags"]["--matrix-lr"] == 0.04 and a["flags"]["--unembedding-lr"] == 0.004
+    assert a["suggested_flags"]["--matrix-lr"] == 0.02 and a["suggested_flags"]["--warmup-ratio"] == 0.05
+
+
+def demo_model_config():
+    """The GPTConfig runs/cpu_demo.sh trains, from its own tok_train and base_train lines."""
+    from test_runs import _commands
+    from scripts import base_train, tok_train
+    from nanochat.gpt import config_from_depth
+    commands = dict(_commands("cpu_demo.sh"))
+    vocab = tok_train.parse_args(commands["scripts.tok_train"]).vocab_size
+    a = base_train.parse_args(commands["scripts.base_train"])
+    return config_from_depth(a.depth, vocab, a.max_seq_len, a.aspect_ratio, a.head_dim, a.n_kv_head or None,
+                             a.window_pattern)
+
+
+def test_the_nanochat_tiny_preset_is_the_demos_model():
+    import torch
+    from nanochat.gpt import GPT
+    from tools.lib import model_calc as mc
+    demo = demo_model_config()
+    preset = mc.build_config("nanochat-tiny")
+    assert preset.to_dict() == demo.to_dict()
+    with torch.device("meta"):
+        model = GPT(demo)
+    assert mc.total_params(preset) == model.num_params() and mc.flops_per_token(preset) == model.estimate_flops()
+
+
+def test_model_calculator_reads_a_trained_checkpoint(tiny_base_dir, capsys):
+    from tools import model_calculator
+    meta = cm.read_meta(cm.checkpoint_dir("base", "d2"), 12)
+    for argv in (["--from-checkpoint"], ["--model-tag", "d2", "--step", "12"]):
+        assert run_entry(model_calculator.main, argv + ["--gpu", "H100", "--json"]) == 0
+        r = json.loads(capsys.readouterr().out)
+        assert r["config"] == meta["model_config"] and r["check"]["equal"]
+        assert r["checkpoint"]["model_tag"] == "d2" and r["checkpoint"]["step"] == 12
+        assert r["plan"]["tokens_per_step"] == meta["total_batch_size"]
+    assert run_entry(model_calculator.main, ["--model-tag", "d2", "--depth", "4"]) == 2
+    assert "leave out --depth" in capsys.readouterr().err

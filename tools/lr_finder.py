@@ -105,8 +105,7 @@ def analyse(args):
     if args.json:
         print(json.dumps(a, indent=2, default=str))
     elif args.recommend:
-        for r in a["recommendations"]:
-            print(f"- {r}")
+        print_recommendations(a, args)
     else:
         print(ui.heading(f"Learning rate of {history.name}"))
         rows = [("records", f"{a['steps']:,} ({history.origin})"),
@@ -124,18 +123,32 @@ def analyse(args):
         print(ui.key_values(rows))
         if a["group_lr_range"]:
             print()
-            print(ui.table([[name, lo, hi, a["base_lrs"].get(f"{name}_lr", "")] for name, (lo, hi)
-                            in a["group_lr_range"].items()], headers=["group", "min lr", "max lr", "flag value"]))
+            rows = []
+            for name, (lo, hi) in a["group_lr_range"].items():
+                key = lf.GROUP_FLAGS.get(name)  # smear/backout run at a fixed LR, set by no flag
+                flag = "--" + key.replace("_", "-") if key else "-"
+                rows.append([name, flag, lo, hi, a["flags"][flag] if key else ""])
+            print(ui.table(rows, headers=["group", "flag", "min lr", "max lr", "flag value"]))
             print(ui.muted("  the AdamW groups (lm_head, embedding) run at flag x (768 / model dim)^0.5, see "
                            "GPT.setup_optimizers"))
         print()
         print(ui.heading("Recommendations"))
-        for r in a["recommendations"]:
-            print(f"- {r}")
+        print_recommendations(a, args)
     if args.plot:
         path = plot_analysis(history, a, args.output or "lr_analysis.png")
         print(f"plot written to {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def print_recommendations(a, args):
+    """The recommendations, then the run's LR flags as a line to paste, what to change, and how to measure."""
+    for r in a["recommendations"]:
+        print(f"- {r}")
+    line = lambda flags: " ".join(f"{flag} {value:.4g}" for flag, value in flags.items())
+    print(f"learning-rate flags of this run ({a['flags_from']}): {line(a['flags'])}")
+    if a["suggested_flags"]:
+        print(f"for the next run try: {line(a['suggested_flags'])}")
+    print(f"to measure a good LR for this model instead of guessing: python tools/lr_finder.py {args.dir} --range-test")
 
 
 # -----------------------------------------------------------------------------

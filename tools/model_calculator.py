@@ -4,6 +4,7 @@ FLOPs per token, and how long and how much a training run takes, for this projec
 
 The counts are computed by formula and checked against the real model built on the meta device
 (they must agree exactly). --measure runs a few real training steps here and compares.
+--from-checkpoint describes a model you trained: the shape is read from its checkpoint.
 """
 
 import os
@@ -14,12 +15,14 @@ import json
 from dataclasses import asdict
 
 from nanochat.common import run_main, UserError, GPU_PEAK_FLOPS, format_duration, add_device_arg
+from nanochat import checkpoint_manager as cm
 from tools.lib import termui as ui
 from tools.lib import model_calc as mc
 
 EXAMPLES = [
     "python tools/model_calculator.py --preset d20",
-    "python tools/model_calculator.py --preset nanochat-tiny",
+    "python tools/model_calculator.py --preset nanochat-tiny                      # the CPU demo's model",
+    "python tools/model_calculator.py --from-checkpoint --model-tag d4            # a model you trained",
     "python tools/model_calculator.py --depth 12 --hidden-dim 768 --vocab-size 32768",
     "python tools/model_calculator.py --preset d20 --batch-size 32 --seq-len 2048 --total-tokens 20e9 --gpu H100 --num-gpus 8",
     "python tools/model_calculator.py --depth 2 --vocab-size 512 --seq-len 64 --batch-size 4 --measure",
@@ -51,10 +54,23 @@ def parse_args(argv):
     p.add_argument("--measure", action="store_true", help="run a few real training steps here: predicted vs measured")
     p.add_argument("--measure-steps", type=int, default=3, help="how many real training steps --measure runs")
     add_device_arg(p)  # for --measure
+    g = p.add_argument_group("a trained model", "take the shape from a checkpoint's meta (model_config) instead of "
+                             "--preset/--depth; --model-tag, --step or --source alone imply --from-checkpoint")
+    g.add_argument("--from-checkpoint", action="store_true", help="the checkpoint the flags below name (default: the "
+                   "latest of the largest base model)")
+    cm.add_checkpoint_args(g, "base", short=False)
     p.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = p.parse_args(argv)
-    if args.preset is None and args.depth is None:
-        raise UserError("give --preset NAME or --depth N (see --help)")
+    args.from_checkpoint = (args.from_checkpoint or args.model_tag is not None or args.step is not None
+                            or args.source != "base")
+    shape = [flag for flag, value in (("--preset", args.preset), ("--depth", args.depth), ("--hidden-dim", args.hidden_dim),
+             ("--head-dim", args.head_dim), ("--n-kv-head", args.n_kv_head), ("--vocab-size", args.vocab_size),
+             ("--seq-len", args.seq_len), ("--window-pattern", args.window_pattern)) if value is not None]
+    if args.from_checkpoint and shape:
+        raise UserError(f"the checkpoint fixes the model's shape: leave out {', '.join(shape)}, or describe a new "
+                        "model without --from-checkpoint/--model-tag/--step/--source")
+    if args.preset is None and args.depth is None and not args.from_checkpoint:
+        raise UserError("give --preset NAME, --depth N or --from-checkpoint (see --help)")
     for name in ("batch_size", "num_gpus", "measure_steps"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -64,9 +80,17 @@ def parse_args(argv):
 
 
 def compute(args):
-    config = mc.build_config(args.preset, args.depth, args.hidden_dim, args.vocab_size, args.seq_len,
-                             args.head_dim, args.n_kv_head, args.window_pattern, args.aspect_ratio)
-    tokens_per_step = args.total_batch_size or args.batch_size * config.sequence_len * args.num_gpus
+    checkpoint, run_batch = None, None
+    if args.from_checkpoint:
+        source, cdir, tag, step = cm.checkpoint_from_args(args)
+        config = cm.checkpoint_model_config(cdir, step)  # the meta's model_config, checked against the weights' shapes
+        meta = cm.read_meta(cdir, step)
+        run_batch = meta.get("total_batch_size") or (meta.get("user_config") or {}).get("total_batch_size")
+        checkpoint = {"source": source, "model_tag": tag, "step": step, "path": cdir}
+    else:
+        config = mc.build_config(args.preset, args.depth, args.hidden_dim, args.vocab_size, args.seq_len,
+                                 args.head_dim, args.n_kv_head, args.window_pattern, args.aspect_ratio)
+    tokens_per_step = args.total_batch_size or run_batch or args.batch_size * config.sequence_len * args.num_gpus
     peak = None
     if not args.gpu:
         from nanochat.common import measure_cpu_matmul_flops
@@ -77,6 +101,7 @@ def compute(args):
     gpu_key = mc.find_gpu(args.gpu) if args.gpu else None
     gpu_mem = (args.gpu_memory or (mc.GPU_MEMORY_GB.get(gpu_key) if gpu_key else None))
     return {
+        "checkpoint": checkpoint,
         "config": config.to_dict(),
         "params": mc.param_counts(config),
         "total_params": mc.total_params(config),
@@ -94,7 +119,8 @@ def compute(args):
 def print_report(r, args):
     cfg, n = r["config"], r["total_params"]
     print(ui.heading("Model"))
-    print(ui.key_values([
+    ck = r["checkpoint"]
+    print(ui.key_values(([("from", f"{ck['source']}/{ck['model_tag']} step {ck['step']} ({ck['path']})")] if ck else []) + [
         ("shape", f"{cfg['n_layer']} layers, dim {cfg['n_embd']}, {cfg['n_head']} heads of "
                   f"{cfg['n_embd'] // cfg['n_head']} ({cfg['n_kv_head']} KV heads), window {cfg['window_pattern']}"),
         ("vocab / context", f"{cfg['vocab_size']:,} tokens (padded to a multiple of 64) / {cfg['sequence_len']:,}"),

@@ -34,6 +34,9 @@ from tools.lib.metrics import finite, find_spikes, smooth
 
 # the learning-rate flags of the training scripts, with the defaults they all share
 LR_FLAGS = {k: OPTIMIZER_DEFAULTS[k] for k in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr")}
+# the parameter groups of GPT.setup_optimizers (the names metrics.jsonl logs under "lrs") and the
+# flag that sets each one's LR: the LM head's is --unembedding-lr, not a "lm_head_lr"
+GROUP_FLAGS = {"matrix": "matrix_lr", "embedding": "embedding_lr", "lm_head": "unembedding_lr", "scalar": "scalar_lr"}
 SCHEDULES = ("constant", "decay", "warmup", "warmup_decay", "custom")
 
 
@@ -98,6 +101,11 @@ def analyze_run(history):
                 groups[name] = (min(lo, v), max(hi, v))
     out["group_lr_range"] = groups
     out["base_lrs"] = {k: user[k] for k in LR_FLAGS if finite(user.get(k))}
+    # every LR flag as the run set it (a flag its meta does not record had its default)
+    out["flags"] = flags_for(1.0, {k: out["base_lrs"].get(k, default) for k, default in LR_FLAGS.items()})
+    out["flags_from"] = "the run's settings" if len(out["base_lrs"]) == len(LR_FLAGS) else \
+        "the run's settings and the defaults" if out["base_lrs"] else "the defaults (the run's meta records no LRs)"
+    out["suggested_flags"] = None
     # the best point: lowest val bpb if measured, else lowest smoothed train loss
     vsteps, vbpb = history.series("val_bpb")
     vgood = [(b, s) for s, b in zip(vsteps, vbpb) if finite(b)]
@@ -123,6 +131,7 @@ def _recommendations(history, steps, lrs, losses, sched, out):
     if bad:
         recs.append(f"the loss became NaN/inf at step {bad[0]}: the LR is too high for this model; "
                     "try half the LRs and a warmup (--warmup-ratio 0.05)")
+        out["suggested_flags"] = {**{f: v / 2 for f, v in out["flags"].items()}, "--warmup-ratio": 0.05}
     xs, ls = history.series("train_loss")
     pairs = [(x, v) for x, v in zip(xs, ls) if finite(v)]
     if pairs:

@@ -21,14 +21,15 @@ import threading
 from dataclasses import dataclass
 
 from nanochat.common import UserError, GPU_PEAK_FLOPS
-from nanochat.gpt import GPTConfig, config_from_depth, padded_vocab_size, has_value_embedding, layer_window_sizes
+from nanochat.gpt import (GPTConfig, config_from_depth, padded_vocab_size, has_value_embedding, layer_window_sizes,
+                         SMEAR_GATE_CHANNELS)
 
-VE_GATE_CHANNELS = 32  # CausalSelfAttention.ve_gate reads the first 32 channels of x
-
-# Presets: the shapes people ask about. dNN are base_train's defaults for that --depth.
+# Presets: the shapes people ask about. dNN are base_train's defaults for that --depth;
+# nanochat-tiny is the model runs/cpu_demo.sh trains (a test builds both and compares them).
 PRESETS = {
-    "nanochat-tiny": dict(depth=4, vocab_size=8192, sequence_len=256, head_dim=64, window_pattern="L",
-                          note="the CPU demo size: 4 layers, dim 256"),
+    "nanochat-tiny": dict(depth=4, vocab_size=4096, sequence_len=256, head_dim=64, window_pattern="L",
+                          note="the CPU demo's model (runs/cpu_demo.sh): 4 layers, dim 256, 4 heads, vocab 4,096, "
+                               "context 256"),
     "gpt2-small": dict(depth=12, n_embd=768, vocab_size=50257, sequence_len=1024, head_dim=64, window_pattern="L",
                        note="GPT-2 small's shape (12 layers, dim 768, 12 heads, GPT-2 vocab) in this architecture"),
     "d12": dict(depth=12, vocab_size=32768, sequence_len=2048, head_dim=128, window_pattern="SSSL", note="base_train --depth 12"),
@@ -94,9 +95,10 @@ def param_counts(config):
         "token_embedding": V * C,
         "value_embeddings": ve_layers * V * kv,
         "attention": L * (C * C + 2 * C * kv + C * C),             # c_q, c_k, c_v, c_proj
-        "value_gates": ve_layers * VE_GATE_CHANNELS * config.n_kv_head,
+        "value_gates": ve_layers * config.ve_gate_channels * config.n_kv_head,
         "mlp": L * (C * 4 * C + 4 * C * C),                         # c_fc, c_proj
-        "scalars": 2 * L,                                            # resid_lambdas, x0_lambdas
+        # resid_lambdas and x0_lambdas; upstream's smear gate + lambda and backout lambda when on
+        "scalars": 2 * L + (SMEAR_GATE_CHANNELS + 1 if config.smear else 0) + (1 if config.backout else 0),
         "lm_head": V * C,
     }
 
