@@ -32,10 +32,12 @@ from nanochat.common import get_base_dir, repo_root, run_main, UserError, format
 REPORT_DIR_NAME = "report"
 BASE_EVAL_SECTION = "Base model evaluation"
 
-# pipeline order of the sections the scripts write; sections not listed follow, oldest first
+# pipeline order of the sections the scripts write, each stage's evaluations right after it (the
+# base model's chat evaluation too, though the demo runs it after SFT); sections not listed
+# follow, oldest first
 SECTION_ORDER = [
     "Tokenizer training", "Tokenizer evaluation",
-    "Base model training", "Base model loss", "Base model evaluation",
+    "Base model training", "Base model loss", "Base model evaluation", "Chat evaluation base",
     "Midtraining", "Chat evaluation mid",
     "Chat SFT", "Chat evaluation sft",
     "Chat RL", "Chat evaluation rl",

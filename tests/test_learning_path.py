@@ -247,3 +247,49 @@ def test_model_calculator_reads_a_trained_checkpoint(tiny_base_dir, capsys):
         assert r["plan"]["tokens_per_step"] == meta["total_batch_size"]
     assert run_entry(model_calculator.main, ["--model-tag", "d2", "--depth", "4"]) == 2
     assert "leave out --depth" in capsys.readouterr().err
+
+
+# -----------------------------------------------------------------------------
+# small lies
+
+def test_the_report_card_orders_sections_by_pipeline_stage(tmp_path):
+    from nanochat.report import Report
+    report = Report(str(tmp_path / "report"))
+    report.reset()
+    # the order the CPU demo logs them in: the base model's chat evaluation comes after SFT
+    for section in ["Tokenizer training", "Base model training", "Midtraining", "Chat SFT", "Chat evaluation base",
+                    "Chat evaluation mid", "Chat evaluation sft", "Chat RL", "Chat evaluation rl"]:
+        report.log(section, [{"figure": 1}])
+    text = open(report.generate(copy_to_cwd=False), encoding="utf-8").read()
+    headings = [h for h in re.findall(r"^## (.+)$", text, re.M) if h not in ("Environment", "Code size", "Summary")]
+    assert headings == ["Tokenizer training", "Base model training", "Chat evaluation base", "Midtraining",
+                        "Chat evaluation mid", "Chat SFT", "Chat evaluation sft", "Chat RL", "Chat evaluation rl"]
+
+
+def test_every_section_a_script_logs_has_its_place_in_the_pipeline_order():
+    from nanochat.report import SECTION_ORDER, SUMMARY_COLUMNS, BASE_EVAL_SECTION, chat_eval_section
+    names = {chat_eval_section(source) for _, source in SUMMARY_COLUMNS} | {BASE_EVAL_SECTION}
+    for name in os.listdir(os.path.join(ROOT, "scripts")):
+        if name.endswith(".py"):
+            text = open(os.path.join(ROOT, "scripts", name), encoding="utf-8").read()
+            names |= set(re.findall(r'(?:section=|log_report\()"([^"]+)"', text))  # literal section names
+            table = re.search(r"REPORT_SECTION = \{([^}]*)\}", text)              # chat_finetune's per stage
+            names |= set(re.findall(r':\s*"([^"]+)"', table.group(1))) if table else set()
+    assert {"Chat RL", "Midtraining", "Chat SFT", "Base model loss"} <= names
+    assert names <= set(SECTION_ORDER), names - set(SECTION_ORDER)
+
+
+def test_the_demo_tokenizer_splits_numbers_into_single_digits_as_guide_02_says(tmp_path):
+    from scripts import tok_train
+    from nanochat.tokenizer import get_tokenizer
+    from test_runs import _commands
+    vocab = tok_train.parse_args(dict(_commands("cpu_demo.sh"))["scripts.tok_train"]).vocab_size
+    with base_dir_env(tmp_path):
+        tok_train.main(["--vocab-size", str(vocab)])
+        tokenizer = get_tokenizer()
+        assert [tokenizer.decode([t]) for t in tokenizer.encode("12345")] == ["1", "2", "3", "4", "5"]
+        pairs = [f"{a}{b}" for a in range(10) for b in range(10)]
+        assert not [p for p in pairs if len(tokenizer.encode(p)) == 1]  # "learned no digit pair at all"
+    with open(os.path.join(ROOT, "docs", "02-tokenization.md"), encoding="utf-8") as f:
+        guide = " ".join(f.read().split())
+    assert f"The CPU demo's {vocab:,}-token vocabulary" in guide and "learned no digit pair at all" in guide
