@@ -8,11 +8,13 @@ Nothing here knows about models or data; it sits underneath every script in scri
 
 import gc
 import os
+import math
 import re
 import sys
 import json
 import time
 import logging
+import argparse
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +86,99 @@ def run_entry(main, argv=None):
 def run_main(main):
     """The `if __name__ == "__main__":` line of every script and tool: run it and exit with its code."""
     sys.exit(run_entry(main, sys.argv[1:]))
+
+
+# -----------------------------------------------------------------------------
+# command-line flags: one parser for every script and tool, and value types that check ranges
+#
+#     p = ArgumentParser(description=__doc__)
+#     p.add_argument("--depth", type=int_range(1, 1000), default=20)
+#     p.add_argument("--eval-every", type=int_range(1, special=(-1,)), default=250)  # -1: never
+#     p.add_argument("--matrix-lr", type=nonneg_float, default=0.02)
+#
+# A value outside its range stops the command at parse time with one line, e.g.
+#     error: argument --depth: 0 is out of range: use a whole number from 1 to 1,000 (see python -m
+#     scripts.base_train --help)
+# before anything is loaded or written.
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is a UserError: one line and exit code 2 through run_entry, with a
+    hint to use --help (argparse itself would print its whole usage block first)."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _parse_number(text, whole):
+    """A flag's text as an int (whole; '1e6' works too) or a float; NaN and infinity are refused."""
+    text = str(text).strip()
+    if whole:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not {'a whole number' if whole else 'a number'}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    if whole:
+        if not value.is_integer():
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number")
+        return int(value)
+    return value
+
+
+def _range_words(low, high, low_open, whole, special):
+    kind = "a whole number" if whole else "a number"
+    show = (lambda v: f"{v:,}") if whole else (lambda v: f"{v:g}")
+    if low is not None and high is not None and low_open:
+        words = f"{kind} greater than {show(low)} and at most {show(high)}"
+    elif low is not None and high is not None:
+        words = f"{kind} from {show(low)} to {show(high)}"
+    elif low is not None:
+        words = f"{kind} {'greater than' if low_open else 'of at least'} {show(low)}"
+    elif high is not None:
+        words = f"{kind} of at most {show(high)}"
+    else:
+        words = kind
+    return f"use {words}" + "".join(f", or {show(v)}" for v in special)
+
+
+def int_range(low=None, high=None, special=()):
+    """An argparse type: a whole number from `low` to `high` (None: no limit on that side), or one of
+    the `special` values (such as -1 for 'never')."""
+    def parse(text):
+        value = _parse_number(text, whole=True)
+        if value not in special and ((low is not None and value < low) or (high is not None and value > high)):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: {_range_words(low, high, False, True, special)}")
+        return value
+    return parse
+
+
+def float_range(low=None, high=None, low_open=False, special=()):
+    """An argparse type: a finite number from `low` to `high` (None: no limit on that side; `low_open`:
+    strictly greater than low), or one of the `special` values."""
+    def parse(text):
+        value = _parse_number(text, whole=False)
+        below = low is not None and (value <= low if low_open else value < low)
+        if value not in special and (below or (high is not None and value > high)):
+            raise argparse.ArgumentTypeError(f"{value:g} is out of range: "
+                                             f"{_range_words(low, high, low_open, False, special)}")
+        return value
+    return parse
+
+
+positive_int = int_range(1)
+nonneg_int = int_range(0)
+random_seed = int_range(0, 2**32 - 1)  # numpy's seeds stop at 2**32
+positive_float = float_range(0, low_open=True)
+nonneg_float = float_range(0)
+fraction = float_range(0, 1)
+# a sampling temperature: 0 is greedy; far below 1e-4, logits / T overflows float32 (and T = 1e-4 is
+# greedy in all but name)
+sampling_temperature = float_range(1e-4, 100, special=(0.0,))
 
 
 # -----------------------------------------------------------------------------

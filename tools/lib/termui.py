@@ -27,7 +27,7 @@ import time
 import argparse
 import unicodedata
 
-from nanochat.common import UserError
+from nanochat.common import ArgumentParser
 
 # -----------------------------------------------------------------------------
 # colour
@@ -284,15 +284,9 @@ class progress:
 # -----------------------------------------------------------------------------
 # argument parsing and the error boundary
 
-class ToolArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is a UserError: one line, exit code 2, plus a hint to use --help."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see {self.prog} --help)")
-
-
 def make_parser(description, examples=(), prog=None):
-    """An argument parser whose --help ends with the given example command lines."""
+    """An argument parser (nanochat.common.ArgumentParser: a bad flag is one line, exit code 2) whose
+    --help ends with the given example command lines."""
     epilog = ("examples:\n" + "\n".join(f"  {e}" for e in examples)) if examples else None
-    return ToolArgumentParser(prog=prog, description=description, epilog=epilog,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    return ArgumentParser(prog=prog, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
