@@ -30,7 +30,7 @@ import hashlib
 
 import torch
 
-from nanochat.common import get_base_dir, use_base_dir, UserError, print0, load_torch_file
+from nanochat.common import get_base_dir, use_base_dir, UserError, print0, load_torch_file, nonneg_int
 
 STAGE_DIRS = {
     "base": "base_checkpoints",
@@ -408,7 +408,7 @@ def add_checkpoint_args(parser, default_source, short=True):
                         help=f"stage to read: base|mid|sft|rl (default {default_source})")
     parser.add_argument(*flags("g", "--model-tag"), type=str, default=None,
                         help="model tag, e.g. d4 (default: the largest model of the stage)")
-    parser.add_argument(*flags("s", "--step"), "--model-step", dest="step", type=int, default=None,
+    parser.add_argument(*flags("s", "--step"), "--model-step", dest="step", type=nonneg_int, default=None,
                         help="checkpoint step (default: the last complete one)")
     parser.add_argument("--base-dir", type=str, default=None,
                         help="where checkpoints and the tokenizer live (default $NANOCHAT_BASE_DIR or ~/.cache/nanochat)")

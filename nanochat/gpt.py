@@ -48,6 +48,9 @@ OPTIMIZER_DEFAULTS = {"embedding_lr": 0.2, "unembedding_lr": 0.004, "matrix_lr":
 UPSTREAM_ARCH = {"smear": True, "backout": True, "ve_gate_channels": 12, "ve_gate_range": 3.0, "qk_scale": 1.2,
                  "rotary_base": 100000, "window_rule": "upstream"}
 SMEAR_GATE_CHANNELS = 24  # the smear gate reads the first 24 channels of the embedding (upstream's number)
+# the largest sizes a config may have: far above any model trained today, and low enough that a
+# damaged meta (sequence_len 10**15) or a mistyped flag is a one-line error, not a failed allocation
+CONFIG_LIMITS = {"sequence_len": 2**20, "vocab_size": 2**24, "n_layer": 1000, "n_embd": 2**16}
 WINDOW_RULES = ("half", "upstream")
 
 
@@ -76,6 +79,9 @@ class GPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"model config: {name} must be a positive whole number, not {value!r}")
+            if value > CONFIG_LIMITS.get(name, value):
+                raise ConfigError(f"model config: {name} {value:,} is more than {CONFIG_LIMITS[name]:,}, the largest "
+                                  f"this code builds")
         if self.n_head % self.n_kv_head:
             raise ConfigError(f"model config: n_kv_head {self.n_kv_head} must divide n_head {self.n_head} "
                             f"(grouped-query attention shares each K/V head among n_head / n_kv_head heads)")

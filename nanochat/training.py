@@ -17,7 +17,7 @@ import random
 import numpy as np
 import torch
 
-from nanochat.common import print0, format_duration, UserError
+from nanochat.common import print0, format_duration, UserError, float_range
 from nanochat.gpt import OPTIMIZER_DEFAULTS
 from nanochat import checkpoint_manager as cm
 
@@ -26,7 +26,7 @@ from nanochat import checkpoint_manager as cm
 # torch.compile
 
 def add_compile_arg(parser):
-    parser.add_argument("--compile", type=int, default=-1,
+    parser.add_argument("--compile", type=int, choices=(-1, 0, 1), default=-1,
                         help="torch.compile the training forward/backward (1/0; -1: on CUDA only)")
 
 
@@ -47,11 +47,12 @@ def compile_for_training(model, flag, device_type, dynamic=False):
 def add_optimizer_args(parser):
     """The optimizer flags of every training stage, with the defaults of GPT.setup_optimizers."""
     d = OPTIMIZER_DEFAULTS
-    parser.add_argument("--embedding-lr", type=float, default=d["embedding_lr"], help="AdamW, token embeddings")
-    parser.add_argument("--unembedding-lr", type=float, default=d["unembedding_lr"], help="AdamW, the LM head")
-    parser.add_argument("--matrix-lr", type=float, default=d["matrix_lr"], help="Muon learning rate")
-    parser.add_argument("--scalar-lr", type=float, default=d["scalar_lr"], help="AdamW, the per-layer scalars")
-    parser.add_argument("--weight-decay", type=float, default=d["weight_decay"],
+    rate = float_range(0, 10)  # a finite rate: NaN or 1e300 would train a model of NaNs
+    parser.add_argument("--embedding-lr", type=rate, default=d["embedding_lr"], help="AdamW, token embeddings")
+    parser.add_argument("--unembedding-lr", type=rate, default=d["unembedding_lr"], help="AdamW, the LM head")
+    parser.add_argument("--matrix-lr", type=rate, default=d["matrix_lr"], help="Muon learning rate")
+    parser.add_argument("--scalar-lr", type=rate, default=d["scalar_lr"], help="AdamW, the per-layer scalars")
+    parser.add_argument("--weight-decay", type=rate, default=d["weight_decay"],
                         help="decoupled weight decay of the Muon matrices")
 
 

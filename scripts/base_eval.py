@@ -19,7 +19,8 @@ import csv
 import time
 import argparse
 
-from nanochat.common import compute_init, compute_cleanup, print0, run_main, UserError, get_base_dir, add_device_arg
+from nanochat.common import (compute_init, compute_cleanup, print0, run_main, UserError, get_base_dir, add_device_arg,
+                             ArgumentParser, int_range)
 from nanochat.checkpoint_manager import add_checkpoint_args, load_model_from_args
 from nanochat.core_eval import get_bundle, evaluate_core
 from nanochat.loss_eval import evaluate_split_bpb
@@ -30,17 +31,17 @@ EVALS = ("core", "bpb", "sample")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m scripts.base_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.base_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--eval", default="core,bpb,sample", help="comma-separated: core, bpb, sample")
     add_checkpoint_args(p, "base")
     add_device_arg(p)
-    p.add_argument("--max-per-task", type=int, default=-1, help="items per CORE task (-1: all)")
+    p.add_argument("--max-per-task", type=int_range(1, special=(-1,)), default=-1, help="items per CORE task (-1: all)")
     p.add_argument("--tasks", default="", help="comma-separated CORE task labels (default: all 22)")
     p.add_argument("--bundle-dir", default=None, help="an unpacked eval bundle folder (default: download and cache)")
     p.add_argument("--bundle-url", default=None, help="where to download eval_bundle.zip from "
                                                       "(default $NANOCHAT_EVAL_BUNDLE_URL or the public copy)")
-    p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward pass for bpb")
-    p.add_argument("--split-tokens", type=int, default=20 * 524288, help="tokens per split for bpb")
+    p.add_argument("--device-batch-size", type=int_range(1, 65536), default=32, help="rows per forward pass for bpb")
+    p.add_argument("--split-tokens", type=int_range(1, 10**12), default=20 * 524288, help="tokens per split for bpb")
     p.add_argument("--data-dir", default=None, help="folder of .parquet/.txt/.jsonl for bpb (default: as training)")
     return p.parse_args(argv)
 

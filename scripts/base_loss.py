@@ -13,27 +13,25 @@ Examples:
 
 import argparse
 
-from nanochat.common import compute_init, compute_cleanup, print0, run_main, UserError, add_device_arg
+from nanochat.common import compute_init, compute_cleanup, print0, run_main, add_device_arg, ArgumentParser, int_range
 from nanochat.checkpoint_manager import add_checkpoint_args, load_model_from_args
 from nanochat.loss_eval import evaluate_split_bpb
 from nanochat.tokenizer import get_token_bytes
 from nanochat.engine import complete_prompts
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m scripts.base_loss", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.base_loss", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(p, "base")
     add_device_arg(p)
-    p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward pass")
-    p.add_argument("--split-tokens", type=int, default=20 * 524288, help="tokens to evaluate per split")
+    p.add_argument("--device-batch-size", type=int_range(1, 65536), default=32, help="rows per forward pass")
+    p.add_argument("--split-tokens", type=int_range(1, 10**12), default=20 * 524288, help="tokens to evaluate per split")
     p.add_argument("--data-dir", default=None, help="folder of .parquet/.txt/.jsonl (default: as training)")
-    p.add_argument("--max-tokens", type=int, default=24, help="tokens per sample (0: no samples)")
+    p.add_argument("--max-tokens", type=int_range(0, 2**20), default=24, help="tokens per sample (0: no samples)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.device_batch_size < 1 or args.split_tokens < 1:
-        raise UserError("--device-batch-size and --split-tokens must be positive")
     rt = compute_init(args.device_type)
     model, tokenizer, meta, _ = load_model_from_args(args, rt.device)
     seq_len = model.config.sequence_len

@@ -25,8 +25,9 @@ import argparse
 import torch
 
 from nanochat.common import (compute_init, compute_cleanup, print0, get_peak_flops, run_main, add_device_arg,
-                             UserError, format_duration)
-from nanochat.gpt import config_from_depth, build_model, UPSTREAM_ARCH
+                             UserError, format_duration, ArgumentParser, int_range, float_range, nonneg_int,
+                             random_seed, fraction)
+from nanochat.gpt import config_from_depth, build_model, UPSTREAM_ARCH, CONFIG_LIMITS
 from nanochat.dataloader import DataLoader
 from nanochat.loss_eval import evaluate_bpb, check_val_fills_batch
 from nanochat.engine import complete_prompts
@@ -36,20 +37,22 @@ from nanochat.tracking import add_logger_arg, make_logger
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m scripts.base_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.base_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # run
     p.add_argument("--run", type=str, default="dummy", help="run name (recorded in the meta and report)")
     add_logger_arg(p)
     add_device_arg(p)
     p.add_argument("--model-tag", type=str, default=None, help="checkpoint folder name (default d<depth>)")
     p.add_argument("--data-dir", type=str, default=None, help="folder of .parquet/.txt/.jsonl (default: downloaded shards, else the embedded corpus)")
-    p.add_argument("--seed", type=int, default=42, help="random seed of the run (initial weights and everything else drawn at random)")
+    p.add_argument("--seed", type=random_seed, default=42,
+                   help="random seed of the run (initial weights and everything else drawn at random)")
     # model
-    p.add_argument("--depth", type=int, default=20, help="number of layers; sets the model size")
-    p.add_argument("--aspect-ratio", type=int, default=64, help="model dim = depth x aspect ratio")
-    p.add_argument("--head-dim", type=int, default=128, help="attention head dimension")
-    p.add_argument("--n-kv-head", type=int, default=0, help="KV heads for grouped-query attention (0: same as heads)")
-    p.add_argument("--max-seq-len", type=int, default=2048, help="context length")
+    p.add_argument("--depth", type=int_range(1, CONFIG_LIMITS["n_layer"]), default=20,
+                   help="number of layers; sets the model size")
+    p.add_argument("--aspect-ratio", type=int_range(1, 4096), default=64, help="model dim = depth x aspect ratio")
+    p.add_argument("--head-dim", type=int_range(2, 4096), default=128, help="attention head dimension")
+    p.add_argument("--n-kv-head", type=nonneg_int, default=0, help="KV heads for grouped-query attention (0: same as heads)")
+    p.add_argument("--max-seq-len", type=int_range(2, CONFIG_LIMITS["sequence_len"]), default=2048, help="context length")
     p.add_argument("--window-pattern", type=str, default="SSSL", help="per-layer attention windows, S=half L=full")
     # upstream nanochat's later architecture pieces (nanochat/gpt.py), to compare with ours
     p.add_argument("--upstream-arch", action="store_true",
@@ -61,26 +64,34 @@ def parse_args(argv=None):
     p.add_argument("--backout", action="store_true", help="only upstream's backout: subtract a learned share of "
                                                            "the middle layer's output before the LM head")
     # length
-    p.add_argument("--num-iterations", type=int, default=-1, help="explicit number of steps (-1: derive)")
-    p.add_argument("--target-flops", type=float, default=-1.0, help="train for this many FLOPs")
-    p.add_argument("--target-param-data-ratio", type=float, default=20.0, help="tokens = ratio x scaling params (Chinchilla: 20)")
+    p.add_argument("--num-iterations", type=int_range(1, 10**9, special=(-1,)), default=-1,
+                   help="explicit number of steps (-1: derive)")
+    p.add_argument("--target-flops", type=float_range(0, 1e30, low_open=True, special=(-1,)), default=-1.0,
+                   help="train for this many FLOPs")
+    p.add_argument("--target-param-data-ratio", type=float_range(0, 1e6, low_open=True), default=20.0,
+                   help="tokens = ratio x scaling params (Chinchilla: 20)")
     # batch
-    p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward/backward per process")
-    p.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step")
+    p.add_argument("--device-batch-size", type=int_range(1, 65536), default=32, help="rows per forward/backward per process")
+    p.add_argument("--total-batch-size", type=int_range(1, 2**40), default=524288, help="tokens per optimizer step")
     # optimizer
     tr.add_optimizer_args(p)
-    p.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of the steps over which the LR rises linearly from 0")
-    p.add_argument("--warmdown-ratio", type=float, default=0.4, help="fraction of the steps at the end over which the LR decays linearly")
-    p.add_argument("--final-lr-frac", type=float, default=0.0, help="the LR at the end of the warmdown, as a fraction of the peak")
+    p.add_argument("--warmup-ratio", type=fraction, default=0.0, help="fraction of the steps over which the LR rises linearly from 0")
+    p.add_argument("--warmdown-ratio", type=fraction, default=0.4, help="fraction of the steps at the end over which the LR decays linearly")
+    p.add_argument("--final-lr-frac", type=fraction, default=0.0, help="the LR at the end of the warmdown, as a fraction of the peak")
     tr.add_compile_arg(p)
     # evaluation and saving
-    p.add_argument("--eval-every", type=int, default=250, help="val bpb every N steps (-1: never)")
-    p.add_argument("--eval-tokens", type=int, default=10 * 524288, help="tokens per val bpb evaluation")
-    p.add_argument("--core-metric-every", type=int, default=2000, help="CORE score every N steps (-1: never)")
-    p.add_argument("--core-metric-max-per-task", type=int, default=500, help="items per task in the periodic CORE score (-1: all)")
-    p.add_argument("--sample-every", type=int, default=2000, help="print samples every N steps (-1: never)")
-    p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (the last step is always saved)")
-    p.add_argument("--resume-from-step", type=int, default=-1, help="continue a run from its checkpoint at this step")
+    p.add_argument("--eval-every", type=int_range(1, special=(-1,)), default=250, help="val bpb every N steps (-1: never)")
+    p.add_argument("--eval-tokens", type=int_range(1, 10**12), default=10 * 524288, help="tokens per val bpb evaluation")
+    p.add_argument("--core-metric-every", type=int_range(1, special=(-1,)), default=2000,
+                   help="CORE score every N steps (-1: never)")
+    p.add_argument("--core-metric-max-per-task", type=int_range(1, special=(-1,)), default=500,
+                   help="items per task in the periodic CORE score (-1: all)")
+    p.add_argument("--sample-every", type=int_range(1, special=(-1,)), default=2000,
+                   help="print samples every N steps (-1: never)")
+    p.add_argument("--save-every", type=int_range(1, special=(-1,)), default=-1,
+                   help="checkpoint every N steps (the last step is always saved)")
+    p.add_argument("--resume-from-step", type=int_range(1, special=(-1,)), default=-1,
+                   help="continue a run from its checkpoint at this step")
     return p.parse_args(argv)
 
 
@@ -97,8 +108,6 @@ def main(argv=None):
 
     # -------------------------------------------------------------------------
     # the model, the length of the run and the optimizer
-    if args.depth < 1 or args.max_seq_len < 2 or args.device_batch_size < 1:
-        raise UserError("--depth, --max-seq-len and --device-batch-size must be positive")
     options = dict(UPSTREAM_ARCH) if args.upstream_arch else {}
     options.update({name: True for name in ("smear", "backout") if getattr(args, name)})
     config = config_from_depth(args.depth, vocab_size, args.max_seq_len, args.aspect_ratio, args.head_dim,

@@ -22,7 +22,8 @@ import sys
 import atexit
 import argparse
 
-from nanochat.common import compute_init, compute_cleanup, run_main, UserError, add_device_arg, get_base_dir
+from nanochat.common import (compute_init, compute_cleanup, run_main, UserError, add_device_arg, ArgumentParser,
+                             int_range, nonneg_int, random_seed, sampling_temperature, get_base_dir)
 from nanochat.checkpoint_manager import add_checkpoint_args, load_model_from_args
 from nanochat.chat import ChatHistory, StreamDecoder, context_length
 from nanochat.engine import Engine
@@ -30,13 +31,13 @@ from tasks.examples import examples_text
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m scripts.chat_cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.chat_cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(p, "sft")
     p.add_argument("-p", "--prompt", type=str, default="", help="ask one question, print the answer and exit")
-    p.add_argument("-t", "--temperature", type=float, default=0.6, help="sampling temperature (0: greedy)")
-    p.add_argument("-k", "--top-k", type=int, default=50, help="sample from the k most likely tokens (0: all)")
-    p.add_argument("-m", "--max-tokens", type=int, default=256, help="longest reply, in tokens")
-    p.add_argument("--seed", type=int, default=42, help="sampling seed (each turn uses seed + turn number)")
+    p.add_argument("-t", "--temperature", type=sampling_temperature, default=0.6, help="sampling temperature (0: greedy)")
+    p.add_argument("-k", "--top-k", type=nonneg_int, default=50, help="sample from the k most likely tokens (0: all)")
+    p.add_argument("-m", "--max-tokens", type=int_range(1, 2**20), default=256, help="longest reply, in tokens")
+    p.add_argument("--seed", type=random_seed, default=42, help="sampling seed (each turn uses seed + turn number)")
     add_device_arg(p)
     p.epilog = examples_text()
     return p.parse_args(argv)
@@ -102,8 +103,6 @@ def stream_reply(engine, history, user_text, args, turn, out=sys.stdout, label="
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.max_tokens < 1 or args.temperature < 0:
-        raise UserError("-m must be at least 1 and -t at least 0")
     rt = compute_init(args.device_type)
     model, tokenizer, _, _ = load_model_from_args(args, rt.device, verbose=not args.prompt)
     engine = Engine(model, tokenizer)

@@ -18,7 +18,8 @@ Examples:
 
 import argparse
 
-from nanochat.common import compute_init, compute_cleanup, print0, run_main, UserError, add_device_arg
+from nanochat.common import (compute_init, compute_cleanup, print0, run_main, UserError, add_device_arg, ArgumentParser,
+                             int_range, nonneg_int, positive_int, sampling_temperature)
 from nanochat.checkpoint_manager import add_checkpoint_args, load_model_from_args
 from nanochat.task_eval import EVAL_TASKS, run_task_eval, chatcore, format_results_table
 from tasks import TASK_NAMES, get_task
@@ -26,16 +27,16 @@ from tasks.hub import TaskUnavailable
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m scripts.chat_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.chat_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(p, "sft")
     p.add_argument("-a", "--task-name", type=str, default=None,
                    help=f"tasks separated by '|' (default: all of {'|'.join(EVAL_TASKS)})")
-    p.add_argument("-t", "--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
-    p.add_argument("-m", "--max-new-tokens", type=int, default=256, help="longest reply, in tokens")
-    p.add_argument("-n", "--num-samples", type=int, default=1, help="samples per problem (solved if any is right)")
-    p.add_argument("-k", "--top-k", type=int, default=50, help="top-k sampling (0: off)")
-    p.add_argument("-b", "--batch-size", type=int, default=16, help="problems per batch: one forward for multiple choice, decoded together for generative tasks")
-    p.add_argument("-x", "--max-problems", type=int, default=None, help="evaluate at most this many problems per task")
+    p.add_argument("-t", "--temperature", type=sampling_temperature, default=0.0, help="sampling temperature (0: greedy)")
+    p.add_argument("-m", "--max-new-tokens", type=int_range(1, 2**20), default=256, help="longest reply, in tokens")
+    p.add_argument("-n", "--num-samples", type=int_range(1, 1000), default=1, help="samples per problem (solved if any is right)")
+    p.add_argument("-k", "--top-k", type=nonneg_int, default=50, help="top-k sampling (0: off)")
+    p.add_argument("-b", "--batch-size", type=int_range(1, 4096), default=16, help="problems per batch: one forward for multiple choice, decoded together for generative tasks")
+    p.add_argument("-x", "--max-problems", type=positive_int, default=None, help="evaluate at most this many problems per task")
     add_device_arg(p)
     return p.parse_args(argv)
 
@@ -46,8 +47,6 @@ def main(argv=None):
     unknown = [n for n in names if n not in TASK_NAMES]
     if unknown:
         raise UserError(f"unknown task {unknown[0]!r} in -a: choose from {'|'.join(EVAL_TASKS)}")
-    if args.num_samples < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
-        raise UserError("-n, -m and -b must be at least 1")
     rt = compute_init(args.device_type)
     model, tokenizer, meta, _ = load_model_from_args(args, rt.device)
     results = []

@@ -25,9 +25,10 @@ import math
 
 import torch
 
-from nanochat.common import compute_init, compute_cleanup, print0, get_peak_flops, add_device_arg, UserError, \
-    format_duration
+from nanochat.common import compute_init, compute_cleanup, print0, get_peak_flops, add_device_arg, format_duration, \
+    int_range, float_range, random_seed, fraction
 from nanochat.chat_data import make_chat_loader, count_batches
+from nanochat.gpt import CONFIG_LIMITS
 from nanochat.loss_eval import evaluate_bpb
 from nanochat import checkpoint_manager as cm
 from nanochat import training as tr
@@ -43,7 +44,7 @@ def add_finetune_args(p, stage):
     p.add_argument("--run", type=str, default="dummy", help="run name (recorded in the meta and report)")
     add_logger_arg(p)
     add_device_arg(p)
-    p.add_argument("--seed", type=int, default=42, help="random seed of the run (data order and everything else drawn at random)")
+    p.add_argument("--seed", type=random_seed, default=42, help="random seed of the run (data order and everything else drawn at random)")
     tr.add_compile_arg(p)
     # what to start from and where to write
     cm.add_checkpoint_args(p, PREVIOUS_STAGE[stage])
@@ -51,31 +52,29 @@ def add_finetune_args(p, stage):
     # data
     p.add_argument("--offline", action="store_true", help="never contact the hub: train on the offline tasks only")
     p.add_argument("--custom-json", type=str, default=None, help="add your own conversations (JSONL) to the mixture")
-    p.add_argument("--synthetic-size", type=int, default=1000,
+    p.add_argument("--synthetic-size", type=int_range(1, 10**7), default=1000,
                    help="examples per synthetic task (Identity, SpellingBee, SimpleSpelling, Arithmetic)")
-    p.add_argument("--max-seq-len", type=int, default=-1, help="row length in tokens (-1: the model's context)")
-    p.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1: one epoch of the mixture)")
+    p.add_argument("--max-seq-len", type=int_range(2, CONFIG_LIMITS["sequence_len"], special=(-1,)), default=-1, help="row length in tokens (-1: the model's context)")
+    p.add_argument("--num-iterations", type=int_range(1, 10**9, special=(-1,)), default=-1, help="optimizer steps (-1: one epoch of the mixture)")
     # optimizer
     tr.add_optimizer_args(p)
-    p.add_argument("--init-lr-frac", type=float, default=1.0 if stage == "mid" else 0.02,
+    p.add_argument("--init-lr-frac", type=float_range(0, 1, low_open=True),
+                   default=1.0 if stage == "mid" else 0.02,
                    help="start at this fraction of the learning rates above")
-    p.add_argument("--warmdown-ratio", type=float, default=0.2 if stage == "mid" else 1.0,
+    p.add_argument("--warmdown-ratio", type=fraction, default=0.2 if stage == "mid" else 1.0,
                    help="fraction of the steps over which the LR decays linearly")
-    p.add_argument("--final-lr-frac", type=float, default=0.0, help="the LR at the end of the warmdown, as a fraction of the starting LR")
+    p.add_argument("--final-lr-frac", type=fraction, default=0.0, help="the LR at the end of the warmdown, as a fraction of the starting LR")
     # evaluation and saving
-    p.add_argument("--eval-every", type=int, default=150 if stage == "mid" else 100,
+    p.add_argument("--eval-every", type=int_range(1, special=(-1,)), default=150 if stage == "mid" else 100,
                    help="val bpb every N steps and at the end (-1: never)")
-    p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (the last step is always saved)")
-    p.add_argument("--resume-from-step", type=int, default=-1, help="continue this stage's run from its checkpoint at this step")
+    p.add_argument("--save-every", type=int_range(1, special=(-1,)), default=-1, help="checkpoint every N steps (the last step is always saved)")
+    p.add_argument("--resume-from-step", type=int_range(1, special=(-1,)), default=-1, help="continue this stage's run from its checkpoint at this step")
 
 
 def finetune(args, stage):
     """Run one finetuning stage ('mid' or 'sft') with the parsed flags of add_finetune_args + the stage's own."""
     assert stage in PREVIOUS_STAGE
     user_config = vars(args).copy()
-    for name in ("device_batch_size", "synthetic_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     rt = compute_init(args.device_type, seed=args.seed)
 
     # -------------------------------------------------------------------------

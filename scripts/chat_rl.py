@@ -26,7 +26,8 @@ import argparse
 import torch
 
 from nanochat.common import (compute_init, compute_cleanup, print0, run_main, add_device_arg, UserError,
-                             format_duration)
+                             format_duration, ArgumentParser, int_range, float_range, nonneg_int, random_seed,
+                             sampling_temperature)
 from nanochat.engine import Engine
 from nanochat import checkpoint_manager as cm
 from nanochat import training as tr
@@ -36,11 +37,11 @@ from tasks.mixtures import load_rl_tasks
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m scripts.chat_rl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.chat_rl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="dummy", help="run name (recorded in the meta and report)")
     add_logger_arg(p)
     add_device_arg(p)
-    p.add_argument("--seed", type=int, default=42, help="random seed of the run (the rollouts' sampling seeds derive from it)")
+    p.add_argument("--seed", type=random_seed, default=42, help="random seed of the run (the rollouts' sampling seeds derive from it)")
     tr.add_compile_arg(p)
     # what to start from and where to write
     cm.add_checkpoint_args(p, "sft")
@@ -49,25 +50,25 @@ def parse_args(argv=None):
     p.add_argument("--task", default="GSM8K", help="GSM8K, TwoStepArithmetic or Arithmetic (GSM8K falls back to "
                    "TwoStepArithmetic offline)")
     p.add_argument("--offline", action="store_true", help="never contact the hub: use the offline word problems")
-    p.add_argument("--train-size", type=int, default=5000, help="synthetic training problems (offline tasks)")
+    p.add_argument("--train-size", type=int_range(1, 10**7), default=5000, help="synthetic training problems (offline tasks)")
     # rollouts
-    p.add_argument("--num-samples", type=int, default=16, help="replies sampled per question")
-    p.add_argument("--questions-per-step", type=int, default=16, help="questions per optimizer step (all processes)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollouts")
-    p.add_argument("--top-k", type=int, default=50, help="top-k of the rollouts (0: off)")
-    p.add_argument("--device-batch-size", type=int, default=0, help="rows per forward/backward (0: all samples)")
-    p.add_argument("--num-steps", type=int, default=-1, help="optimizer steps (-1: one pass over the training problems)")
+    p.add_argument("--num-samples", type=int_range(1, 1000), default=16, help="replies sampled per question")
+    p.add_argument("--questions-per-step", type=int_range(1, 10**5), default=16, help="questions per optimizer step (all processes)")
+    p.add_argument("--max-new-tokens", type=int_range(1, 2**20), default=256, help="longest reply")
+    p.add_argument("--temperature", type=sampling_temperature, default=1.0, help="sampling temperature of the rollouts")
+    p.add_argument("--top-k", type=nonneg_int, default=50, help="top-k of the rollouts (0: off)")
+    p.add_argument("--device-batch-size", type=int_range(0, 65536), default=0, help="rows per forward/backward (0: all samples)")
+    p.add_argument("--num-steps", type=int_range(1, 10**9, special=(-1,)), default=-1, help="optimizer steps (-1: one pass over the training problems)")
     # optimizer
     tr.add_optimizer_args(p)
-    p.add_argument("--init-lr-frac", type=float, default=0.05, help="fraction of the learning rates above to use")
+    p.add_argument("--init-lr-frac", type=float_range(0, 1, low_open=True), default=0.05, help="fraction of the learning rates above to use")
     # evaluation and saving
-    p.add_argument("--eval-every", type=int, default=60, help="held-out evaluation every N steps (-1: only before/after)")
-    p.add_argument("--eval-examples", type=int, default=400, help="held-out problems (0: no evaluation)")
-    p.add_argument("--eval-samples", type=int, default=4, help="sampled replies per held-out problem for the mean reward")
-    p.add_argument("--eval-k", type=int, default=1, help="also report pass@k with k sampled replies (1: off)")
-    p.add_argument("--save-every", type=int, default=60, help="checkpoint every N steps (the last step is always saved)")
-    p.add_argument("--resume-from-step", type=int, default=-1, help="continue this RL run from its checkpoint at this step")
+    p.add_argument("--eval-every", type=int_range(1, special=(-1,)), default=60, help="held-out evaluation every N steps (-1: only before/after)")
+    p.add_argument("--eval-examples", type=int_range(0, 10**7), default=400, help="held-out problems (0: no evaluation)")
+    p.add_argument("--eval-samples", type=int_range(1, 1000), default=4, help="sampled replies per held-out problem for the mean reward")
+    p.add_argument("--eval-k", type=int_range(1, 1000), default=1, help="also report pass@k with k sampled replies (1: off)")
+    p.add_argument("--save-every", type=int_range(1, special=(-1,)), default=60, help="checkpoint every N steps (the last step is always saved)")
+    p.add_argument("--resume-from-step", type=int_range(1, special=(-1,)), default=-1, help="continue this RL run from its checkpoint at this step")
     return p.parse_args(argv)
 
 
@@ -75,9 +76,6 @@ def main(argv=None):
     """The RL run. Returns a dict of figures (held-out reward before and after, steps, ...)."""
     args = parse_args(argv)
     user_config = vars(args).copy()
-    for name in ("num_samples", "questions_per_step", "max_new_tokens", "train_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     rt = compute_init(args.device_type, seed=args.seed)
     if args.questions_per_step % rt.world_size:
         raise UserError(f"--questions-per-step {args.questions_per_step} must be a multiple of the number of "

@@ -24,16 +24,16 @@ Examples:
 
 import argparse
 
-from nanochat.common import run_main
+from nanochat.common import run_main, ArgumentParser, int_range
 from scripts.chat_finetune import add_finetune_args, finetune
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m scripts.chat_sft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.chat_sft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_finetune_args(p, "sft")
-    p.add_argument("--device-batch-size", type=int, default=4, help="conversations per forward/backward per process")
-    p.add_argument("--target-examples-per-step", type=int, default=32, help="conversations per optimizer step")
-    p.add_argument("--eval-steps", type=int, default=100, help="val batches per val bpb evaluation")
+    p.add_argument("--device-batch-size", type=int_range(1, 65536), default=4, help="conversations per forward/backward per process")
+    p.add_argument("--target-examples-per-step", type=int_range(1, 10**7), default=32, help="conversations per optimizer step")
+    p.add_argument("--eval-steps", type=int_range(1, 10**7), default=100, help="val batches per val bpb evaluation")
     return p.parse_args(argv)
 
 

@@ -28,22 +28,24 @@ import ipaddress
 import os
 import sys
 
-from nanochat.common import UserError, run_main, add_device_arg
+from nanochat.common import UserError, run_main, add_device_arg, ArgumentParser, int_range, float_range, nonneg_int
 from nanochat.checkpoint_manager import add_checkpoint_args, checkpoint_from_args
-from nanochat.web import MAX_TOKENS_RANGE, SamplingDefaults, WorkerPool, create_app, load_workers
+from nanochat.web import (MAX_TOKENS_RANGE, TEMPERATURE_RANGE, TOP_K_RANGE, SamplingDefaults, WorkerPool, create_app,
+                          load_workers)
 from tasks.examples import example_prompts
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m scripts.chat_web", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.chat_web", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(p, "sft")
-    p.add_argument("-n", "--num-gpus", type=int, default=None,
+    p.add_argument("-n", "--num-gpus", type=int_range(1, 1024), default=None,
                    help="workers, one model copy per GPU (default: every visible GPU; one on CPU)")
-    p.add_argument("-t", "--temperature", type=float, default=0.6, help="default temperature (0 = greedy)")
-    p.add_argument("-k", "--top-k", type=int, default=50, help="default top-k (0 = off)")
-    p.add_argument("-m", "--max-tokens", type=int, default=512,
+    p.add_argument("-t", "--temperature", type=float_range(*TEMPERATURE_RANGE), default=0.6,
+                   help="default temperature (0 = greedy)")
+    p.add_argument("-k", "--top-k", type=int_range(*TOP_K_RANGE), default=50, help="default top-k (0 = off)")
+    p.add_argument("-m", "--max-tokens", type=int_range(*MAX_TOKENS_RANGE), default=512,
                    help=f"default reply length in tokens ({MAX_TOKENS_RANGE[0]}-{MAX_TOKENS_RANGE[1]})")
-    p.add_argument("-p", "--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("-p", "--port", type=int_range(0, 65535), default=8000, help="port to listen on")
     p.add_argument("--host", type=str, default="127.0.0.1",
                    help="address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)")
     p.add_argument("--api-key", type=str, default=os.environ.get("NANOCHAT_API_KEY") or None,
@@ -52,10 +54,11 @@ def parse_args(argv=None):
     p.add_argument("--cors-origin", type=str, action="append", default=[], metavar="ORIGIN",
                    help="let pages from this web origin call the API (e.g. http://localhost:3000; repeatable; "
                         "default: none)")
-    p.add_argument("--max-queue", type=int, default=None,
+    p.add_argument("--max-queue", type=nonneg_int, default=None,
                    help="requests that may wait for a busy worker before new ones get 503 (default: 8 per worker)")
     add_device_arg(p)
-    p.add_argument("--log-level", type=str, default="info", help="uvicorn log level (warning: no access log)")
+    p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug", "trace"), default="info",
+                   help="uvicorn log level (warning: no access log)")
     return p.parse_args(argv)
 
 
@@ -82,10 +85,6 @@ def main(argv=None):
     args = parse_args(argv)
     defaults = SamplingDefaults(args.temperature, args.top_k, args.max_tokens)
     defaults.check()
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"-p/--port is {args.port}; use a port between 1 and 65535 (0 picks a free one)")
-    if args.max_queue is not None and args.max_queue < 0:
-        raise UserError(f"--max-queue is {args.max_queue}; it must be 0 or more")
     check_port_free(args.host, args.port)  # before the slow model loading, not after
     source, _, tag, step = checkpoint_from_args(args)
     workers, model_name, _ = load_workers(source, args.device_type, args.num_gpus, tag, step)

@@ -24,16 +24,16 @@ Examples:
 
 import argparse
 
-from nanochat.common import run_main
+from nanochat.common import run_main, ArgumentParser, int_range
 from scripts.chat_finetune import add_finetune_args, finetune
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m scripts.mid_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.mid_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_finetune_args(p, "mid")
-    p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward/backward per process")
-    p.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step")
-    p.add_argument("--eval-tokens", type=int, default=20 * 524288, help="tokens per val bpb evaluation")
+    p.add_argument("--device-batch-size", type=int_range(1, 65536), default=32, help="rows per forward/backward per process")
+    p.add_argument("--total-batch-size", type=int_range(1, 2**40), default=524288, help="tokens per optimizer step")
+    p.add_argument("--eval-tokens", type=int_range(1, 10**12), default=20 * 524288, help="tokens per val bpb evaluation")
     return p.parse_args(argv)
 
 

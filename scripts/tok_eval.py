@@ -19,7 +19,7 @@ Examples:
 
 import argparse
 
-from nanochat.common import UserError, print0, run_main
+from nanochat.common import UserError, print0, run_main, ArgumentParser, nonneg_float
 from nanochat.tokenizer import get_reference_encoding, get_tokenizer
 
 # Samples of different kinds of text, written for this file.
@@ -91,14 +91,11 @@ SAMPLE_TEXTS = [("news", NEWS_TEXT), ("code", CODE_TEXT), ("math", MATH_TEXT),
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m scripts.tok_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.tok_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--references", type=str, default="gpt2,cl100k", help="comma-separated reference encodings (gpt2, cl100k, o200k)")
-    p.add_argument("--corpus-chars", type=float, default=1e6, help="characters of the corpus train and val splits to measure on")
+    p.add_argument("--corpus-chars", type=nonneg_float, default=1e6, help="characters of the corpus train and val splits to measure on")
     p.add_argument("--data-dir", type=str, default=None, help="folder of .parquet/.txt/.jsonl (default: downloaded shards, else the embedded corpus)")
-    args = p.parse_args(argv)
-    if args.corpus_chars < 0:
-        raise UserError("--corpus-chars must be 0 or more")
-    return args
+    return p.parse_args(argv)
 
 
 def corpus_sample(split, max_chars, data_dir):

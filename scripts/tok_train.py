@@ -18,24 +18,24 @@ Examples:
 import argparse
 import time
 
-from nanochat.common import UserError, format_duration, print0, run_main
+from nanochat.common import (UserError, format_duration, print0, run_main, ArgumentParser, int_range, positive_int,
+                             positive_float)
 from nanochat.tokenizer import SPECIAL_TOKENS, RustBPETokenizer, get_tokenizer_dir, save_token_bytes
+from nanochat.gpt import CONFIG_LIMITS
 
 SANITY_TEXT = "Hello world! In 2024, 12345 tokens cost $6.78.\n\tdef f(x): return x  # 안녕 😀"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m scripts.tok_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vocab-size", type=int, default=32768, help="tokens in the vocabulary, the 9 special tokens included")
-    p.add_argument("--max-chars", type=float, default=2e9, help="stop reading after this many characters (or at the end of the data)")
-    p.add_argument("--doc-cap", type=int, default=10_000, help="use at most this many characters of each document")
+    p = ArgumentParser(prog="python -m scripts.tok_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vocab-size", type=int_range(1, CONFIG_LIMITS["vocab_size"]), default=32768, help="tokens in the vocabulary, the 9 special tokens included")
+    p.add_argument("--max-chars", type=positive_float, default=2e9, help="stop reading after this many characters (or at the end of the data)")
+    p.add_argument("--doc-cap", type=positive_int, default=10_000, help="use at most this many characters of each document")
     p.add_argument("--data-dir", type=str, default=None, help="folder of .parquet/.txt/.jsonl (default: downloaded shards, else the embedded corpus)")
     args = p.parse_args(argv)
     if args.vocab_size < 256 + len(SPECIAL_TOKENS):
         raise UserError(f"--vocab-size {args.vocab_size} is too small: it needs the 256 byte values and "
                         f"{len(SPECIAL_TOKENS)} special tokens, so at least {256 + len(SPECIAL_TOKENS)}")
-    if args.max_chars <= 0 or args.doc_cap <= 0:
-        raise UserError("--max-chars and --doc-cap must be positive")
     return args
 
 

@@ -16,7 +16,7 @@ import json
 
 import torch
 
-from nanochat.common import run_main, UserError, resolve_device_type, add_device_arg
+from nanochat.common import run_main, UserError, resolve_device_type, add_device_arg, nonneg_int, int_range
 from tools.lib import termui as ui
 from nanochat import checkpoint_manager as cm
 from tools.lib import attention_maps as am
@@ -34,22 +34,20 @@ EXAMPLES = [
 def parse_args(argv):
     p = ui.make_parser(__doc__, EXAMPLES)
     p.add_argument("--text", type=str, required=True, help="the text to look at (BOS is put in front)")
-    p.add_argument("--layer", type=int, default=0, help="layer to show (0 = first)")
-    p.add_argument("--head", type=int, default=None, help="head to show (default: the average over heads)")
-    p.add_argument("--top-k", type=int, default=3, help="attended tokens listed per position")
+    p.add_argument("--layer", type=nonneg_int, default=0, help="layer to show (0 = first)")
+    p.add_argument("--head", type=nonneg_int, default=None, help="head to show (default: the average over heads)")
+    p.add_argument("--top-k", type=int_range(1, 1000), default=3, help="attended tokens listed per position")
     p.add_argument("--heatmap", action="store_true", help="write a heatmap PNG with token labels")
     p.add_argument("--output", type=str, default=None, help="PNG path (default attention.png)")
     p.add_argument("--all-layers", action="store_true", help="every layer: a grid of small heatmaps and all head summaries")
     p.add_argument("--across-checkpoints", action="store_true", help="the same layer/head at several training steps")
-    p.add_argument("--steps", type=int, nargs="+", default=None, help="steps for --across-checkpoints (default: up to 6)")
+    p.add_argument("--steps", type=nonneg_int, nargs="+", default=None, help="steps for --across-checkpoints (default: up to 6)")
     p.add_argument("--json", action="store_true", help="print weights and head summaries as JSON")
     cm.add_checkpoint_args(p, "base", short=False)
     add_device_arg(p)
     args = p.parse_args(argv)
     if not args.text.strip():
         raise UserError("--text is empty; give some text to look at")
-    if args.top_k < 1:
-        raise UserError("--top-k must be at least 1")
     return args
 
 

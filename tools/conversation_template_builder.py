@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import json
 
-from nanochat.common import run_main, UserError
+from nanochat.common import run_main, UserError, int_range
 from tools.lib import termui as ui
 from tools.lib import token_inspect as ti
 from tools.lib import conversation_lint as cl
@@ -47,7 +47,7 @@ def parse_args(argv):
     g.add_argument("--validate", metavar="FILE", help="check and lint one JSON conversation")
     g.add_argument("--batch-validate", metavar="FILE", help="check and lint every line of a JSONL file")
     p.add_argument("--system", type=str, default=None, help="a system message to put first")
-    p.add_argument("--max-seq-len", type=int, default=2048, help="training sequence length for the truncation check")
+    p.add_argument("--max-seq-len", type=int_range(1, 2**20), default=2048, help="training sequence length for the truncation check")
     p.add_argument("--save", metavar="PATH", default=None, help="write the built conversation as JSON")
     p.add_argument("--output", metavar="PATH", default=None, help="where --batch-validate writes its JSON report")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -55,8 +55,6 @@ def parse_args(argv):
     if not any([args.interactive, args.simple, args.multi, args.tool, args.validate, args.batch_validate]):
         raise UserError("nothing to do: use --simple, --multi, --tool, --validate, --batch-validate or --interactive "
                         "(see --help)")
-    if args.max_seq_len < 1:
-        raise UserError("--max-seq-len must be positive")
     if args.multi and len(args.multi) % 2:
         raise UserError(f"--multi needs user/assistant pairs, got {len(args.multi)} turns (an even number is needed)")
     return args
@@ -160,6 +158,8 @@ def save_conversation(conversation, path):
 
 def batch_validate(tokenizer, args):
     check, linted = cl.lint_jsonl(tokenizer, args.batch_validate, args.max_seq_len)
+    if check.total_lines == 0:
+        raise UserError(f"{args.batch_validate} is empty: there are no conversations to validate")
     counts = {}
     lines = []
     for line, report in linted:

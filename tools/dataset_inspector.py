@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import json
 
-from nanochat.common import run_main, UserError
+from nanochat.common import run_main, UserError, int_range, random_seed
 from tools.lib import termui as ui
 from tools.lib import dataset_inspect as di
 
@@ -34,20 +34,17 @@ EXAMPLES = [
 def parse_args(argv):
     p = ui.make_parser(__doc__, EXAMPLES)
     p.add_argument("path", metavar="FILE", help="a .jsonl of conversations, or pretraining .parquet/.txt/.jsonl (file or folder)")
-    p.add_argument("--samples", type=int, default=3, help="random conversations to show")
-    p.add_argument("--seed", type=int, default=0, help="seed for --samples and --export")
+    p.add_argument("--samples", type=int_range(0, 10**6), default=3, help="random conversations to show")
+    p.add_argument("--seed", type=random_seed, default=0, help="seed for --samples and --export")
     p.add_argument("--validate", action="store_true", help="check every line; exit code 1 when any is invalid")
     p.add_argument("--analyze-lengths", action="store_true", help="length histograms and percentiles")
-    p.add_argument("--max-seq-len", type=int, default=2048, help="context length for the truncation share")
+    p.add_argument("--max-seq-len", type=int_range(1, 2**20), default=2048, help="context length for the truncation share")
     p.add_argument("--export", metavar="OUT", help="write --export-count random conversations to a text file")
-    p.add_argument("--export-count", type=int, default=100, help="how many conversations --export writes")
+    p.add_argument("--export-count", type=int_range(1, 10**9), default=100, help="how many conversations --export writes")
     p.add_argument("--fix", metavar="OUT", help="write a cleaned copy: invalid lines and duplicates dropped")
-    p.add_argument("--max-problems", type=int, default=50, help="most problems to print")
+    p.add_argument("--max-problems", type=int_range(0, 10**9), default=50, help="most problems to print")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    args = p.parse_args(argv)
-    if args.samples < 0 or args.export_count < 1 or args.max_seq_len < 1:
-        raise UserError("--samples must be >= 0, --export-count and --max-seq-len >= 1")
-    return args
+    return p.parse_args(argv)
 
 
 def maybe_tokenizer():

@@ -16,8 +16,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere: make the repo importable
 
 import json
+import argparse
 
-from nanochat.common import run_main, UserError, resolve_device_type, add_device_arg
+from nanochat.common import (run_main, UserError, resolve_device_type, add_device_arg, int_range, nonneg_int,
+                             random_seed, fraction, sampling_temperature)
+from nanochat.chat import context_length
 from tools.lib import termui as ui
 from nanochat import checkpoint_manager as cm
 from tools.lib import generation_trace as gt
@@ -39,19 +42,19 @@ def parse_args(argv):
     p.add_argument("--prompt", type=str, default=None, help="the text to continue")
     p.add_argument("-i", "--interactive", action="store_true", help="type prompts and :settings at a prompt")
     p.add_argument("--show-probs", action="store_true", help="step by step: probability, entropy, alternatives")
-    p.add_argument("--compare-temp", type=float, nargs="*", default=None, metavar="T",
+    p.add_argument("--compare-temp", type=sampling_temperature, nargs="*", default=None, metavar="T",
                    help=f"one generation per temperature (default {' '.join(map(str, gt.DEFAULT_TEMPERATURES))})")
-    p.add_argument("--compare-topk", type=int, nargs="*", default=None, metavar="K",
+    p.add_argument("--compare-topk", type=nonneg_int, nargs="*", default=None, metavar="K",
                    help=f"one generation per top-k (default {' '.join(map(str, gt.DEFAULT_TOP_KS))}; 0 = off)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="keep the smallest set with this total probability")
-    p.add_argument("--min-p", type=float, default=None, help="drop tokens below min-p x the top probability")
-    p.add_argument("--max-tokens", type=int, default=30, help="tokens to generate")
-    p.add_argument("--seed", type=int, default=42, help="random seed (same seed, same samples)")
-    p.add_argument("--top-n", type=int, default=5, help="alternatives shown per step")
+    p.add_argument("--temperature", type=sampling_temperature, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=nonneg_int, default=None, help="keep the k most likely tokens")
+    p.add_argument("--top-p", type=fraction, default=None, help="keep the smallest set with this total probability")
+    p.add_argument("--min-p", type=fraction, default=None, help="drop tokens below min-p x the top probability")
+    p.add_argument("--max-tokens", type=int_range(1, 2**20), default=30, help="tokens to generate")
+    p.add_argument("--seed", type=random_seed, default=42, help="random seed (same seed, same samples)")
+    p.add_argument("--top-n", type=int_range(1, 1000), default=5, help="alternatives shown per step")
     p.add_argument("--force", type=str, default=None, help="branch: force this text ('#ID' for one token id)")
-    p.add_argument("--force-at", type=int, default=0, help="the step at which --force applies (0 = first token)")
+    p.add_argument("--force-at", type=nonneg_int, default=0, help="the step at which --force applies (0 = first token)")
     p.add_argument("--chat", choices=["auto", "yes", "no"], default="auto",
                    help="render the prompt with the chat template (auto: for mid/sft/rl)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -60,22 +63,20 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.prompt is None and not args.interactive:
         raise UserError("give --prompt TEXT or --interactive (see --help)")
-    check_settings(args.temperature, args.top_k, args.top_p, args.min_p)
-    if args.max_tokens < 1 or args.top_n < 1:
-        raise UserError("--max-tokens and --top-n must be at least 1")
-    if args.force_at < 0 or args.force_at >= args.max_tokens:
+    if args.force_at >= args.max_tokens:
         raise UserError(f"--force-at must be between 0 and --max-tokens - 1 ({args.max_tokens - 1})")
     return args
 
 
 def check_settings(temperature, top_k, top_p, min_p):
-    if temperature < 0:
-        raise UserError(f"temperature {temperature} is negative; use 0 (greedy) or more")
-    if top_k is not None and top_k < 0:
-        raise UserError(f"top-k {top_k} is negative; use 0 (off) or more")
-    for name, v in (("top-p", top_p), ("min-p", min_p)):
-        if v is not None and not 0 <= v <= 1:
-            raise UserError(f"{name} {v} must be between 0 and 1")
+    """The flags' own range checks, for settings typed at the interactive prompt."""
+    for name, value, kind in (("temperature", temperature, sampling_temperature), ("top-k", top_k, nonneg_int),
+                              ("top-p", top_p, fraction), ("min-p", min_p, fraction)):
+        if value is not None:
+            try:
+                kind(repr(value))
+            except argparse.ArgumentTypeError as e:
+                raise UserError(f"{name}: {e}")
 
 
 def settings_of(args):
@@ -114,6 +115,11 @@ def trace_json(tokenizer, steps):
 def explore(model, tokenizer, prompt, args, settings, chat):
     """One prompt: a trace (and a forced branch), or the comparison runs."""
     ids = gt.prompt_ids_for(tokenizer, prompt, chat)
+    if len(ids) + args.max_tokens > context_length(model):
+        room = context_length(model) - len(ids)
+        raise UserError(f"the prompt ({len(ids)} tokens) and --max-tokens {args.max_tokens} do not fit in the model's "
+                        f"{context_length(model)}-token context; " + (f"use --max-tokens {room} or less" if room > 0
+                                                                      else "use a shorter prompt"))
     stops = gt.stop_ids_for(tokenizer, chat)
     out = {"prompt": prompt, "prompt_ids": ids, "chat": chat, "filter_order": list(FILTER_ORDER), "settings": settings}
     if args.compare_temp is not None or args.compare_topk is not None:
@@ -212,20 +218,23 @@ def interactive(model, tokenizer, args, chat):
                     check_settings(trial["temperature"], trial["top_k"], trial["top_p"], trial["min_p"])
                     settings = trial
                 elif name == "seed":
-                    args.seed = int(value)
+                    args.seed = random_seed(value)
                 elif name == "max":
-                    args.max_tokens = max(1, int(value))
+                    args.max_tokens = int_range(1, 2**20)(value)
                 elif name == "probs":
                     args.show_probs = value != "off"
                 else:
                     print(f"unknown command :{name}\n{INTERACTIVE_HELP}")
                     continue
-            except (ValueError, UserError) as e:
+            except (ValueError, UserError, argparse.ArgumentTypeError) as e:
                 print(f"bad value for :{name}: {e}")
                 continue
             print(ui.muted(f"  settings: {settings}, seed {args.seed}, max {args.max_tokens}"))
             continue
-        explore(model, tokenizer, line, args, settings, chat)
+        try:
+            explore(model, tokenizer, line, args, settings, chat)
+        except UserError as e:  # a prompt too long for the context: say so and keep the session
+            print(f"error: {e}")
         print()
 
 

@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import json
 import time
 
-from nanochat.common import run_main, UserError, resolve_device_type, add_device_arg
+from nanochat.common import run_main, UserError, resolve_device_type, add_device_arg, int_range, float_range
+from nanochat.gpt import CONFIG_LIMITS
 from nanochat import checkpoint_manager as cm
 from tools.lib import termui as ui
 from tools.lib import metrics as mx
@@ -45,28 +46,26 @@ def parse_args(argv):
     cm.add_checkpoint_args(p, "base", short=False)
     g = p.add_argument_group("range test")
     g.add_argument("--range-test", action="store_true", help="run a learning-rate range test on a fresh model")
-    g.add_argument("--depth", type=int, default=2, help="model depth when no DIR is given")
-    g.add_argument("--max-seq-len", type=int, default=64, help="context length when no DIR is given")
-    g.add_argument("--head-dim", type=int, default=64, help="head dimension when no DIR is given")
-    g.add_argument("--device-batch-size", type=int, default=8, help="rows per step")
-    g.add_argument("--num-steps", type=int, default=100, help="steps of the exponential LR ramp")
-    g.add_argument("--start", type=float, default=0.01, help="first LR multiplier (x the base LRs)")
-    g.add_argument("--end", type=float, default=100.0, help="last LR multiplier")
-    g.add_argument("--seeds", type=int, default=3, help="repeat with this many seeds to show the spread")
-    g.add_argument("--diverge-factor", type=float, default=4.0, help="stop when the smoothed loss exceeds this x its best")
+    g.add_argument("--depth", type=int_range(1, CONFIG_LIMITS["n_layer"]), default=2, help="model depth when no DIR is given")
+    g.add_argument("--max-seq-len", type=int_range(2, CONFIG_LIMITS["sequence_len"]), default=64, help="context length when no DIR is given")
+    g.add_argument("--head-dim", type=int_range(2, 4096), default=64, help="head dimension when no DIR is given")
+    g.add_argument("--device-batch-size", type=int_range(1, 65536), default=8, help="rows per step")
+    g.add_argument("--num-steps", type=int_range(10, 10**6), default=100, help="steps of the exponential LR ramp")
+    g.add_argument("--start", type=float_range(0, 1e6, low_open=True), default=0.01, help="first LR multiplier (x the base LRs)")
+    g.add_argument("--end", type=float_range(0, 1e6, low_open=True), default=100.0, help="last LR multiplier")
+    g.add_argument("--seeds", type=int_range(1, 100), default=3, help="repeat with this many seeds to show the spread")
+    g.add_argument("--diverge-factor", type=float_range(1, 1e6, low_open=True), default=4.0, help="stop when the smoothed loss exceeds this x its best")
     add_device_arg(g)
     g.add_argument("--data-dir", type=str, default=None, help="pretraining data folder (default: as base_train)")
     for flag, default in lf.LR_FLAGS.items():
-        g.add_argument("--" + flag.replace("_", "-"), type=float, default=None,
+        g.add_argument("--" + flag.replace("_", "-"), type=float_range(0, 10), default=None,
                        help=f"base LR the multiplier scales (default: the run's, else {default})")
     args = p.parse_args(argv)
     if args.dir is not None or args.model_tag is not None or args.step is not None or args.source != "base":
         args.dir = cm.run_dir_from_args(args, args.dir)  # one folder from here on
     if not args.range_test and args.dir is None:
         raise UserError("give a run folder to analyse (DIR) or --range-test (see --help)")
-    if args.seeds < 1 or args.num_steps < 10:
-        raise UserError("--seeds must be at least 1 and --num-steps at least 10")
-    if not 0 < args.start < args.end:
+    if not args.start < args.end:
         raise UserError(f"--start {args.start} and --end {args.end}: need 0 < start < end")
     return args
 

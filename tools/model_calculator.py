@@ -14,7 +14,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import json
 from dataclasses import asdict
 
-from nanochat.common import run_main, UserError, GPU_PEAK_FLOPS, format_duration, add_device_arg
+from nanochat.common import (run_main, UserError, GPU_PEAK_FLOPS, format_duration, add_device_arg, int_range,
+                             float_range, nonneg_float)
+from nanochat.gpt import CONFIG_LIMITS
 from nanochat import checkpoint_manager as cm
 from tools.lib import termui as ui
 from tools.lib import model_calc as mc
@@ -34,25 +36,25 @@ def parse_args(argv):
     p = ui.make_parser(__doc__, EXAMPLES)
     p.add_argument("--preset", choices=list(mc.PRESETS), help="a named shape: " + "; ".join(
         f"{k}: {v['note']}" for k, v in mc.PRESETS.items()))
-    p.add_argument("--depth", type=int, help="number of layers (model dim = depth x aspect ratio)")
-    p.add_argument("--hidden-dim", type=int, help="model dim (overrides depth x aspect ratio)")
-    p.add_argument("--aspect-ratio", type=int, default=64, help="model dim = depth x aspect ratio (as base_train's flag)")
-    p.add_argument("--head-dim", type=int, help="attention head dim (default 128, presets may differ)")
-    p.add_argument("--n-kv-head", type=int, help="KV heads (grouped-query attention; default = heads)")
-    p.add_argument("--vocab-size", type=int, help="vocabulary size (default 32768)")
-    p.add_argument("--seq-len", type=int, help="context length (default 2048)")
+    p.add_argument("--depth", type=int_range(1, CONFIG_LIMITS["n_layer"]), help="number of layers (model dim = depth x aspect ratio)")
+    p.add_argument("--hidden-dim", type=int_range(1, CONFIG_LIMITS["n_embd"]), help="model dim (overrides depth x aspect ratio)")
+    p.add_argument("--aspect-ratio", type=int_range(1, 4096), default=64, help="model dim = depth x aspect ratio (as base_train's flag)")
+    p.add_argument("--head-dim", type=int_range(2, 4096), help="attention head dim (default 128, presets may differ)")
+    p.add_argument("--n-kv-head", type=int_range(1, 2**20), help="KV heads (grouped-query attention; default = heads)")
+    p.add_argument("--vocab-size", type=int_range(1, CONFIG_LIMITS["vocab_size"]), help="vocabulary size (default 32768)")
+    p.add_argument("--seq-len", type=int_range(2, CONFIG_LIMITS["sequence_len"]), help="context length (default 2048)")
     p.add_argument("--window-pattern", type=str, help="per-layer windows like SSSL (default SSSL)")
-    p.add_argument("--batch-size", type=int, default=32, help="rows per device per step (device batch size)")
-    p.add_argument("--total-batch-size", type=int, help="tokens per optimizer step (default batch x seq x GPUs)")
-    p.add_argument("--total-tokens", type=float, help="training tokens (default: --param-data-ratio x scaling params)")
-    p.add_argument("--param-data-ratio", type=float, default=20.0, help="tokens per scaling parameter (Chinchilla 20)")
+    p.add_argument("--batch-size", type=int_range(1, 65536), default=32, help="rows per device per step (device batch size)")
+    p.add_argument("--total-batch-size", type=int_range(1, 2**40), help="tokens per optimizer step (default batch x seq x GPUs)")
+    p.add_argument("--total-tokens", type=float_range(0, 1e30, low_open=True), help="training tokens (default: --param-data-ratio x scaling params)")
+    p.add_argument("--param-data-ratio", type=float_range(0, 1e6, low_open=True), default=20.0, help="tokens per scaling parameter (Chinchilla 20)")
     p.add_argument("--gpu", type=str, help="GPU for time and cost: " + ", ".join(GPU_PEAK_FLOPS))
-    p.add_argument("--num-gpus", type=int, default=1, help="GPUs training together, for time and cost")
-    p.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation, 0..1 (default 0.4 GPU, 0.3 CPU)")
-    p.add_argument("--price-per-hour", type=float, help="USD per GPU-hour (default: the table below)")
-    p.add_argument("--gpu-memory", type=float, help="GB per GPU for the batch-size suggestion (default: the GPU's)")
+    p.add_argument("--num-gpus", type=int_range(1, 10**6), default=1, help="GPUs training together, for time and cost")
+    p.add_argument("--mfu", type=float_range(0, 1, low_open=True), help="assumed model FLOPs utilisation, 0..1 (default 0.4 GPU, 0.3 CPU)")
+    p.add_argument("--price-per-hour", type=nonneg_float, help="USD per GPU-hour (default: the table below)")
+    p.add_argument("--gpu-memory", type=float_range(0, 1e6, low_open=True), help="GB per GPU for the batch-size suggestion (default: the GPU's)")
     p.add_argument("--measure", action="store_true", help="run a few real training steps here: predicted vs measured")
-    p.add_argument("--measure-steps", type=int, default=3, help="how many real training steps --measure runs")
+    p.add_argument("--measure-steps", type=int_range(1, 1000), default=3, help="how many real training steps --measure runs")
     add_device_arg(p)  # for --measure
     g = p.add_argument_group("a trained model", "take the shape from a checkpoint's meta (model_config) instead of "
                              "--preset/--depth; --model-tag, --step or --source alone imply --from-checkpoint")
@@ -71,11 +73,6 @@ def parse_args(argv):
                         "model without --from-checkpoint/--model-tag/--step/--source")
     if args.preset is None and args.depth is None and not args.from_checkpoint:
         raise UserError("give --preset NAME, --depth N or --from-checkpoint (see --help)")
-    for name in ("batch_size", "num_gpus", "measure_steps"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.mfu is not None and not 0 < args.mfu <= 1:
-        raise UserError("--mfu is a fraction between 0 and 1 (e.g. 0.4)")
     return args
 
 

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import json
 from dataclasses import asdict
 
-from nanochat.common import run_main, UserError
+from nanochat.common import run_main, UserError, int_range, nonneg_int
 from tools.lib import termui as ui
 from tools.lib import token_inspect as ti
 
@@ -40,11 +40,11 @@ def parse_args(argv):
     p.add_argument("--compare", nargs="+", metavar="TEXT", help="compare several texts side by side")
     p.add_argument("--against", nargs="+", metavar="ENC", help="also count tokens with gpt2 / cl100k / o200k")
     p.add_argument("--file", type=str, help="measure compression on this UTF-8 text file")
-    p.add_argument("--max-bytes", type=int, default=20_000_000, help="read at most this much of --file")
+    p.add_argument("--max-bytes", type=int_range(1, 2**34), default=20_000_000, help="read at most this much of --file")
     p.add_argument("--chat", action="store_true",
                    help="render a conversation with its supervision mask: the TEXT arguments as alternating "
                         "user/assistant turns, one .json file of messages, or (no TEXT) a demo with a tool call")
-    p.add_argument("--max-rows", type=int, default=200, help="longest token table to print")
+    p.add_argument("--max-rows", type=nonneg_int, default=200, help="longest token table to print")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args(argv)
     if not (args.text or args.interactive or args.special or args.vocab or args.compare or args.file
@@ -156,6 +156,8 @@ def show_compare(tokenizer, args, out):
 
 def show_file(tokenizer, args, out):
     text = ti.read_text_file(args.file, args.max_bytes)
+    if not text:
+        raise UserError(f"{args.file} is empty: there is no text to measure")
     names = args.against or ["cl100k"]
     rows = ti.compare_with_references(tokenizer, text, names)
     stats = ti.text_stats(tokenizer, text)

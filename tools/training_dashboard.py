@@ -16,7 +16,7 @@ import json
 import time
 import argparse
 
-from nanochat.common import run_main, UserError
+from nanochat.common import run_main, float_range, nonneg_int
 from nanochat import checkpoint_manager as cm
 from tools.lib import termui as ui
 from tools.lib import metrics as mx
@@ -45,14 +45,11 @@ def parse_args(argv):
     p.add_argument("--compare", nargs="+", default=[], metavar="DIR2", help="more runs to overlay and compare")
     p.add_argument("--x", choices=list(mx.X_AXES), default="step", help="x-axis of the plot and table")
     p.add_argument("--watch", action="store_true", help="refresh the summary until Ctrl-C (while a run trains)")
-    p.add_argument("--interval", type=float, default=5.0, help="seconds between --watch refreshes")
-    p.add_argument("--max-refreshes", type=int, default=0, help=argparse.SUPPRESS)  # for tests
+    p.add_argument("--interval", type=float_range(0, 86400, low_open=True), default=5.0, help="seconds between --watch refreshes")
+    p.add_argument("--max-refreshes", type=nonneg_int, default=0, help=argparse.SUPPRESS)  # for tests
     cm.add_checkpoint_args(p, "base", short=False)
     p.add_argument("--json", action="store_true", help="print the summary and diagnosis as JSON")
-    args = p.parse_args(argv)
-    if args.interval <= 0:
-        raise UserError("--interval must be a positive number of seconds")
-    return args
+    return p.parse_args(argv)
 
 
 def print_summary(history):

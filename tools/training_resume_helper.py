@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import json
 
-from nanochat.common import run_main, UserError, format_duration, add_device_arg, resolve_device_type
+from nanochat.common import run_main, UserError, format_duration, add_device_arg, resolve_device_type, int_range
 from tools.lib import termui as ui
 from tools.lib import resume as rs
 from nanochat import checkpoint_manager as cm
@@ -42,9 +42,9 @@ def parse_args(argv):
     p = ui.make_parser(__doc__, EXAMPLES)
     p.add_argument("dir", metavar="DIR", nargs="?", default=None,
                    help="checkpoint folder or name (d4, base/d4; default: the address flags)")
-    p.add_argument("--target-steps", type=int, default=None, help="the total number of steps to reach (default: the run's own)")
+    p.add_argument("--target-steps", type=int_range(1, 10**9), default=None, help="the total number of steps to reach (default: the run's own)")
     p.add_argument("--verify", action="store_true", help="check files, loadability, shapes vs config, optimizer, meta")
-    p.add_argument("--replay", type=int, default=0, metavar="N",
+    p.add_argument("--replay", type=int_range(0, 10**6), default=0, metavar="N",
                    help="with --verify: re-run N logged steps from an earlier checkpoint and compare the losses")
     p.add_argument("--command", action="store_true", help="print only the resume command (one line)")
     cm.add_checkpoint_args(p, "base", short=False)  # --step: resume from this step instead of the last complete one
@@ -53,10 +53,6 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.replay and not args.verify:
         raise UserError("--replay N works together with --verify (python tools/training_resume_helper.py DIR --verify --replay 3)")
-    if args.replay < 0:
-        raise UserError("--replay needs a positive number of steps")
-    if args.target_steps is not None and args.target_steps < 1:
-        raise UserError("--target-steps must be a positive number of steps")
     return args
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from nanochat.common import UserError, GPU_PEAK_FLOPS
 from nanochat.gpt import (GPTConfig, config_from_depth, padded_vocab_size, has_value_embedding, layer_window_sizes,
                          SMEAR_GATE_CHANNELS)
+from nanochat.gpt import CONFIG_LIMITS
 
 # Presets: the shapes people ask about. dNN are base_train's defaults for that --depth;
 # nanochat-tiny is the model runs/cpu_demo.sh trains (a test builds both and compares them).
@@ -58,8 +59,8 @@ def build_config(preset=None, depth=None, n_embd=None, vocab_size=None, sequence
     depth = depth if depth is not None else base.get("depth")
     if depth is None:
         raise UserError("give --preset NAME or --depth N")
-    if depth < 1:
-        raise UserError(f"--depth must be at least 1 (got {depth})")
+    if not 1 <= depth <= CONFIG_LIMITS["n_layer"]:  # checking the formulas builds every layer (on the meta device)
+        raise UserError(f"--depth must be between 1 and {CONFIG_LIMITS['n_layer']} (got {depth})")
     vocab_size = vocab_size or base.get("vocab_size", 32768)
     sequence_len = sequence_len or base.get("sequence_len", 2048)
     head_dim = head_dim or base.get("head_dim", 128)
