@@ -286,6 +286,9 @@ def read_meta(ckpt_dir, step):
         raise UserError(f"corrupt meta file {path} ({e.__class__.__name__}); delete it or pick another --step")
     if not isinstance(meta, dict) or "model_config" not in meta:
         raise UserError(f"meta file {path} has no model_config; it is not a nanochat checkpoint meta")
+    if not isinstance(meta["model_config"], dict):
+        raise UserError(f"meta file {path} is damaged: its model_config is a {type(meta['model_config']).__name__}, "
+                        f"not a JSON object")
     return meta
 
 

@@ -172,7 +172,13 @@ def load_training_checkpoint(ckpt_dir, step, model, optimizer, rt):
     """Restore model, optimizer and RNG for --resume-from-step. Returns (meta, loader_state)."""
     model_state, optim_state, meta = cm.load_checkpoint(ckpt_dir, step, rt.device, load_optimizer=True,
                                                         rank=rt.rank)
-    model.load_state_dict(cm.clean_state_dict(model_state), strict=True)
+    try:
+        model.load_state_dict(cm.clean_state_dict(model_state), strict=True)
+    except RuntimeError as e:  # resumed with other model flags (--depth, --head-dim, ...) than the run's
+        detail = " ".join(str(e).split())[:300]
+        raise UserError(f"the weights of {cm.model_path(ckpt_dir, step)} do not fit the model these flags build "
+                        f"({detail}); resume with the run's own flags (python tools/training_resume_helper.py "
+                        f"{ckpt_dir} --command prints them)")
     loader_state = meta.get("dataloader_state_dict")
     if "optimizer" in optim_state and "rng" in optim_state:
         optimizer.load_state_dict(optim_state["optimizer"])

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from nanochat.common import UserError, get_base_dir
 from nanochat import checkpoint_manager as cm
+from nanochat.gpt import GPTConfig
 
 SORT_KEYS = ("modified", "val_bpb", "size_mb", "num_params", "step")
 
@@ -88,7 +89,8 @@ def checkpoint_info(source, tag, step, ckpt_dir):
     info.modified = max((os.path.getmtime(os.path.join(ckpt_dir, n)) for n in info.files), default=0.0)
     try:
         info.meta = cm.read_meta(ckpt_dir, step)
-    except UserError as e:
+        GPTConfig.from_dict(info.meta["model_config"])  # a damaged value (n_layer -1, ...) is named here
+    except UserError as e:  # this checkpoint's problem only: the listing shows it and goes on
         info.meta_error = str(e)
     return info
 
