@@ -54,7 +54,7 @@ def fit_prompt(tokenizer, messages, context_len):
         if len(ids) < context_len:
             return ids, dropped
         if len(turns) <= 1:
-            raise PromptTooLong(f"the last message alone is {len(ids):,} tokens; this model reads at most "
+            raise PromptTooLong(f"that message is {len(ids):,} tokens with the prompt around it; this model reads at most "
                                 f"{context_len - 1:,}, so shorten it")
         turns = turns[2:]
         dropped += 2
