@@ -54,8 +54,8 @@ def fit_prompt(tokenizer, messages, context_len):
         if len(ids) < context_len:
             return ids, dropped
         if len(turns) <= 1:
-            raise PromptTooLong(f"that message is {len(ids):,} tokens with the prompt around it; this model reads at most "
-                                f"{context_len - 1:,}, so shorten it")
+            raise PromptTooLong(f"that message is {len(ids):,} tokens with the prompt around it; "
+                                f"this model reads at most {context_len - 1:,}, so shorten it")
         turns = turns[2:]
         dropped += 2
 
