@@ -1,7 +1,7 @@
 """
 nanochat, the pipeline library: model, tokenizer, data, training helpers, checkpoints, engine,
 evaluation, report and web server. The stages that use it are in scripts/, the learning tools in
-tools/, the tasks in tasks/; all of them run from a checkout of the repository.
+tools/, the tasks in nanochat_tasks/; all of them run from a checkout of the repository.
 
 Two checks when the package is first imported, each one line on stderr:
 - PyTorch is not a hard dependency (pip's default torch on Linux is the multi-GB CUDA build, which

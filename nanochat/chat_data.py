@@ -2,7 +2,7 @@
 Chat training data: task conversations -> token rows with loss only on what the assistant says.
 
 Pipeline position: the finetuning loop (scripts/chat_finetune.py, for mid_train and chat_sft)
-hands in a task mixture (tasks/mixtures.py) and draws (inputs, targets) batches from it here; the
+hands in a task mixture (nanochat_tasks/mixtures.py) and draws (inputs, targets) batches from it here; the
 tokenizer's render_conversation supplies the ids and the mask (1 = a token the assistant writes).
 
 From a conversation to a training row: render -> ids, mask. The model reads ids[:-1] and is asked

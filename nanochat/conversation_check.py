@@ -4,7 +4,7 @@ defect with its line number, not just the first one.
 
 Pipeline position: before finetuning. The dataset inspector (tools/dataset_inspector.py) and the
 conversation template builder (tools/conversation_template_builder.py) call this; the training
-loader (tasks/customjson.py) applies the same rules and stops at the first bad line.
+loader (nanochat_tasks/customjson.py) applies the same rules and stops at the first bad line.
 
 A valid conversation is a JSON list of messages, or an object {"messages": [...]}:
 an optional system message first, then user and assistant strictly taking turns, starting with

@@ -3,7 +3,7 @@ Reinforcement learning on problems with checkable answers: on-policy REINFORCE w
 mean baseline (the "GRPO" recipe without its KL term and ratio clipping).
 
 Pipeline position: scripts/chat_rl.py holds the loop and runs it on an SFT model
-(chatsft_checkpoints), writing chatrl_checkpoints/; the tasks (tasks/mixtures.py: GSM8K, or the
+(chatsft_checkpoints), writing chatrl_checkpoints/; the tasks (nanochat_tasks/mixtures.py: GSM8K, or the
 offline arithmetic word problems) give the rewards; these are the pieces the loop calls.
 
 One step, followed with a finger (the loop in scripts/chat_rl.py):

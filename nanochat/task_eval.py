@@ -2,7 +2,7 @@
 Evaluating a chat model on tasks: accuracy per task, and ChatCORE over several.
 
 Pipeline position: scripts/chat_eval.py, the demo and RL (periodic evals) call these loops on a
-model that went through midtraining/SFT; the tasks (tasks/) supply conversations and the checks.
+model that went through midtraining/SFT; the tasks (nanochat_tasks/) supply conversations and the checks.
 
 Two kinds of evaluation, chosen by the task's eval_type:
 - categorical (multiple choice, ARC, MMLU): no sampling at all. The prompt ends with

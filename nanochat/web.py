@@ -1084,7 +1084,7 @@ def create_app(pool, model_name, defaults=None, ui_path=UI_PATH, api_key=None, c
     stream, and a tokenizer (vLLM's /tokenize, /detokenize, /tokenizer_info, which evaluation
     harnesses use). api_key: required of every request but the page and /health; cors_origins:
     the web origins allowed to call the API from a browser (none by default); examples: prompts
-    the model was trained on ({"prompt", "family"} dicts, from tasks/examples.py), which /stats
+    the model was trained on ({"prompt", "family"} dicts, from nanochat_tasks/examples.py), which /stats
     hands to the page's empty state."""
     from fastapi import FastAPI, Request
     from fastapi.middleware.cors import CORSMiddleware

@@ -63,4 +63,4 @@ echo "=== demo done in $(( $(date +%s) - t_start ))s. Chat with it:"
 echo "    source .venv/bin/activate && python -m scripts.chat_cli -i sft -g $TAG   # in the terminal"
 echo "    source .venv/bin/activate && python -m scripts.chat_web -i sft -g $TAG   # in the browser"
 echo
-python -m tasks.examples
+python -m nanochat_tasks.examples

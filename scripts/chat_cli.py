@@ -27,7 +27,7 @@ from nanochat.common import (compute_init, compute_cleanup, run_main, UserError,
 from nanochat.checkpoint_manager import add_checkpoint_args, load_model_from_args
 from nanochat.chat import ChatHistory, StreamDecoder, context_length
 from nanochat.engine import Engine
-from tasks.examples import examples_text
+from nanochat_tasks.examples import examples_text
 
 
 def parse_args(argv=None):

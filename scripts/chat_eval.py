@@ -22,8 +22,8 @@ from nanochat.common import (compute_init, compute_cleanup, print0, run_main, Us
                              int_range, nonneg_int, positive_int, sampling_temperature)
 from nanochat.checkpoint_manager import add_checkpoint_args, load_model_from_args
 from nanochat.task_eval import EVAL_TASKS, run_task_eval, chatcore, format_results_table
-from tasks import TASK_NAMES, get_task
-from tasks.hub import TaskUnavailable
+from nanochat_tasks import TASK_NAMES, get_task
+from nanochat_tasks.hub import TaskUnavailable
 
 
 def parse_args(argv=None):

@@ -4,7 +4,7 @@ The training loop of the two finetuning stages: midtraining (base -> mid) and SF
 Pipeline position: scripts/mid_train.py and scripts/chat_sft.py are the commands; each adds its
 own flags to add_finetune_args and calls finetune(args, stage). Both stages do the same thing with
 different data and defaults: load the previous stage's checkpoint, train it on a task mixture
-(tasks/mixtures.py) with the loss on assistant tokens only (nanochat/chat_data.py), measure val
+(nanochat_tasks/mixtures.py) with the loss on assistant tokens only (nanochat/chat_data.py), measure val
 bits per byte on held-out conversations, and save checkpoints + metrics.jsonl exactly like
 base_train (same keys, same exact resume), so every tool that reads a pretraining run reads these too.
 
@@ -33,7 +33,7 @@ from nanochat.loss_eval import evaluate_bpb
 from nanochat import checkpoint_manager as cm
 from nanochat import training as tr
 from nanochat.tracking import add_logger_arg, make_logger
-from tasks.mixtures import build_mixture, is_offline_mixture
+from nanochat_tasks.mixtures import build_mixture, is_offline_mixture
 
 PREVIOUS_STAGE = {"mid": "base", "sft": "mid"}
 REPORT_SECTION = {"mid": "Midtraining", "sft": "Chat SFT"}

@@ -5,7 +5,7 @@ Pipeline position: after SFT (chatsft_checkpoints/); writes chatrl_checkpoints/<
 metrics.jsonl (mean reward per step) and the "Chat RL" report section. The method (on-policy
 REINFORCE with a per-question mean baseline) is explained in nanochat/rl.py, which holds the
 pieces this file's loop calls (rollout, advantages, the policy-gradient loss); the problems come
-from tasks/mixtures.py.
+from nanochat_tasks/mixtures.py.
 
 Each step: --questions-per-step problems (split across processes), --num-samples replies each,
 reward 1 for a right final answer; replies better than their siblings get pushed up. The
@@ -33,7 +33,7 @@ from nanochat import checkpoint_manager as cm
 from nanochat import training as tr
 from nanochat import rl
 from nanochat.tracking import add_logger_arg, make_logger
-from tasks.mixtures import load_rl_tasks
+from nanochat_tasks.mixtures import load_rl_tasks
 
 
 def parse_args(argv=None):

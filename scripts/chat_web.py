@@ -32,7 +32,7 @@ from nanochat.common import UserError, run_main, add_device_arg, ArgumentParser,
 from nanochat.checkpoint_manager import add_checkpoint_args, checkpoint_from_args
 from nanochat.web import (MAX_TOKENS_RANGE, TEMPERATURE_RANGE, TOP_K_RANGE, SamplingDefaults, WorkerPool, create_app,
                           load_workers)
-from tasks.examples import example_prompts
+from nanochat_tasks.examples import example_prompts
 
 
 def parse_args(argv=None):

@@ -5,7 +5,7 @@ Pipeline position: after pretraining (scripts/base_train.py); loads base_checkpo
 writes mid_checkpoints/<tag>/ (model, meta, optimizer, metrics.jsonl), which SFT
 (scripts/chat_sft.py) starts from.
 
-One batch, followed with a finger: task conversations (tasks/mixtures.py) -> render_conversation
+One batch, followed with a finger: task conversations (nanochat_tasks/mixtures.py) -> render_conversation
 -> ids + mask -> whole conversations packed into (B, T) rows, targets -1 except on what the
 assistant writes (nanochat/chat_data.py) -> the training loop shared with SFT, in
 scripts/chat_finetune.py: the same optimizer step, schedule, metrics and checkpoints as

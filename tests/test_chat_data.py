@@ -7,11 +7,11 @@ from nanochat.common import UserError
 
 from nanochat.chat import ChatHistory, StreamDecoder
 from nanochat.chat_data import PackedChatLoader, PaddedChatLoader, row_inputs_targets
-from tasks.mixtures import build_mixture
-from tasks.common import TaskMixture
-from tasks.spellingbee import SimpleSpelling, SpellingBee
-from tasks.arithmetic import Arithmetic
-from tasks.identity import Identity
+from nanochat_tasks.mixtures import build_mixture
+from nanochat_tasks.common import TaskMixture
+from nanochat_tasks.spellingbee import SimpleSpelling, SpellingBee
+from nanochat_tasks.arithmetic import Arithmetic
+from nanochat_tasks.identity import Identity
 
 
 @pytest.fixture

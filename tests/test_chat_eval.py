@@ -10,7 +10,7 @@ import torch
 from nanochat.common import UserError, compute_cleanup
 from nanochat.task_eval import (TaskResult, chatcore, centered_accuracy, run_categorical_eval,
                                 run_generative_eval)
-from tasks.common import Task, mc_conversation
+from nanochat_tasks.common import Task, mc_conversation
 
 LETTERS = ["A", "B", "C", "D"]
 
@@ -123,7 +123,7 @@ def test_generative_eval_counts_the_task_verdicts(tiny_base_dir):
 
 def test_chat_eval_on_offline_tasks_matches_a_recount(tiny_base_dir, capsys):
     from scripts import chat_eval
-    from tasks import get_task
+    from nanochat_tasks import get_task
     results, score = chat_eval.main(["-i", "base", "-a", "SimpleSpelling|Arithmetic|SpellingBee", "-x", "3",
                                      "-m", "6", "--device-type", "cpu"])
     assert [r.name for r in results] == ["SimpleSpelling", "Arithmetic", "SpellingBee"]

@@ -143,8 +143,8 @@ def test_chat_page_streams_regenerates_edits_stops_and_starts_over(browser_ready
             assert page.locator(".msg").count() == 0 and page.locator(".empty").count() == 1
             page.screenshot(path=str(tmp_path / "chat_new.png"))
 
-            # the empty chat offers the prompts the model was trained on (tasks/examples.py); a click asks one
-            from tasks.examples import example_prompts
+            # the empty chat offers the prompts the model was trained on (nanochat_tasks/examples.py); a click asks one
+            from nanochat_tasks.examples import example_prompts
             prompts = [e["prompt"] for e in example_prompts()]
             assert page.locator(".empty .example").all_inner_texts() == prompts
             page.locator(".empty .example").first.click()  # the shortest (Identity): it fits the 64-token context

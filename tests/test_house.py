@@ -48,13 +48,13 @@ def test_the_library_is_small_enough_to_list():
 
 def test_the_library_never_imports_tasks_scripts_or_tools():
     for path in python_files("nanochat"):
-        bad = sorted(m for m in imported_modules(path) if m.split(".")[0] in ("tasks", "scripts", "tools"))
+        bad = sorted(m for m in imported_modules(path) if m.split(".")[0] in ("nanochat_tasks", "scripts", "tools"))
         assert not bad, f"{os.path.relpath(path, ROOT)} imports {bad}"
 
 
 def test_every_library_module_serves_the_pipeline_not_only_the_tools():
     users = {}
-    for folder in ("nanochat", "scripts", "tasks"):
+    for folder in ("nanochat", "scripts", "nanochat_tasks"):
         for path in python_files(folder):
             me = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
             for m in imported_modules(path):

@@ -23,9 +23,9 @@ ROOT = repo_root()
 # what the model can do: one list, drawn from the tasks, shown everywhere
 
 def test_example_prompts_are_real_training_prompts_of_every_offline_task():
-    from tasks import get_task
-    from tasks.examples import example_prompts
-    from tasks.mixtures import OFFLINE_TASKS
+    from nanochat_tasks import get_task
+    from nanochat_tasks.examples import example_prompts
+    from nanochat_tasks.mixtures import OFFLINE_TASKS
     examples = example_prompts()
     assert [e["task"] for e in examples] == [name for name, _ in OFFLINE_TASKS]
     for e in examples:
@@ -37,7 +37,7 @@ def test_example_prompts_are_real_training_prompts_of_every_offline_task():
 
 def test_chat_cli_lists_the_examples_in_help_but_not_with_p_or_piped_input(tiny_base_dir, capsys, monkeypatch):
     from scripts import chat_cli
-    from tasks.examples import example_prompts
+    from nanochat_tasks.examples import example_prompts
     assert run_entry(chat_cli.main, ["--help"]) == 0
     out = capsys.readouterr().out
     assert "trained on" in out and all(e["prompt"] in out for e in example_prompts())
@@ -53,7 +53,7 @@ def test_chat_cli_lists_the_examples_in_help_but_not_with_p_or_piped_input(tiny_
 
 def test_stats_hands_the_examples_to_the_chat_page(tiny_run, tmp_path):
     from test_chat_web import serve
-    from tasks.examples import example_prompts
+    from nanochat_tasks.examples import example_prompts
     with serve(tiny_run, tmp_path / "server.log") as (url, _):
         stats = httpx.get(url + "/stats").json()
         page = httpx.get(url + "/").text
@@ -62,7 +62,7 @@ def test_stats_hands_the_examples_to_the_chat_page(tiny_run, tmp_path):
 
 
 def test_readme_and_the_demo_show_the_same_examples():
-    from tasks.examples import example_prompts
+    from nanochat_tasks.examples import example_prompts
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = f.read()
     section = readme.split("## What your model can do")[1].split("\n## ")[0]
@@ -70,7 +70,7 @@ def test_readme_and_the_demo_show_the_same_examples():
     assert rows == [(e["family"], e["prompt"]) for e in example_prompts()]
     with open(os.path.join(ROOT, "runs", "cpu_demo.sh"), encoding="utf-8") as f:
         tail = f.read().rstrip().splitlines()[-4:]
-    assert "python -m scripts.chat_cli -i sft -g $TAG" in tail[0] and tail[-1] == "python -m tasks.examples"
+    assert "python -m scripts.chat_cli -i sft -g $TAG" in tail[0] and tail[-1] == "python -m nanochat_tasks.examples"
 
 
 # -----------------------------------------------------------------------------

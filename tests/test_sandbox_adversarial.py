@@ -642,7 +642,7 @@ HUMANEVAL_REPLIES = {
 
 @pytest.mark.parametrize("name", sorted(HUMANEVAL_REPLIES))
 def test_wrong_humaneval_reply_scores_0(name, verified):
-    from tasks.humaneval import HumanEval, check_parts  # imports torch: only when these run
+    from nanochat_tasks.humaneval import HumanEval, check_parts  # imports torch: only when these run
     humaneval = HumanEval(stop=1)
     problem = humaneval.problem_of(humaneval[0])
     prelude = "import os\nprint(os.readlink('/proc/self/ns/pid'), os.getcwd(), flush=True)\n"

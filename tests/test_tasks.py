@@ -1,5 +1,5 @@
 """
-Tests for tasks/: the Task interface (slicing, mixtures, sequences), the hub tasks loaded from
+Tests for nanochat_tasks/: the Task interface (slicing, mixtures, sequences), the hub tasks loaded from
 fixture rows in the hub's own column format (tests/fixtures/tasks/, through the same
 load_hub_dataset path real runs use), the offline tasks checked against answers computed here
 independently, and for every task: the tokenizer's loss mask covers exactly the assistant's tokens.
@@ -15,19 +15,19 @@ import pytest
 from nanochat.common import UserError
 from nanochat.calculator import use_calculator
 from nanochat.tokenizer import RustBPETokenizer
-from tasks import get_task, TASK_NAMES
-from tasks.common import Task, TaskMixture, TaskSequence, render_mc, conversation_problem
-from tasks.hub import TaskUnavailable, load_hub_dataset, hub_unreachable_reason
-from tasks import hub
-from tasks.arc import ARC
-from tasks.mmlu import MMLU
-from tasks.gsm8k import GSM8K, extract_answer, parse_answer_parts
-from tasks.smoltalk import SmolTalk
-from tasks.customjson import CustomJSON
-from tasks.spellingbee import SpellingBee, SimpleSpelling, load_words
-from tasks.arithmetic import Arithmetic
-from tasks.identity import Identity
-from tasks.humaneval import HumanEval, extract_code
+from nanochat_tasks import get_task, TASK_NAMES
+from nanochat_tasks.common import Task, TaskMixture, TaskSequence, render_mc, conversation_problem
+from nanochat_tasks.hub import TaskUnavailable, load_hub_dataset, hub_unreachable_reason
+from nanochat_tasks import hub
+from nanochat_tasks.arc import ARC
+from nanochat_tasks.mmlu import MMLU
+from nanochat_tasks.gsm8k import GSM8K, extract_answer, parse_answer_parts
+from nanochat_tasks.smoltalk import SmolTalk
+from nanochat_tasks.customjson import CustomJSON
+from nanochat_tasks.spellingbee import SpellingBee, SimpleSpelling, load_words
+from nanochat_tasks.arithmetic import Arithmetic
+from nanochat_tasks.identity import Identity
+from nanochat_tasks.humaneval import HumanEval, extract_code
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "tasks")
 

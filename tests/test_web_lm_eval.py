@@ -4,7 +4,7 @@ local multiple-choice task (a task YAML over a JSONL file written here) through 
 letter scoring (nanochat.task_eval.run_categorical_eval) of the same items on the same model, and
 every per-choice log-likelihood must match a forward pass of the model within 1e-4.
 
-The items are chat-format multiple-choice prompts (tasks.common.mc_conversation), written out
+The items are chat-format multiple-choice prompts (nanochat_tasks.common.mc_conversation), written out
 with their special tokens as text: /tokenize reads special-token strings as the special tokens,
 so the harness sends exactly the ids the letter scoring feeds the model."""
 
@@ -56,7 +56,7 @@ class LetterItems:
         return self.conversations[i]
 
     def evaluate(self, conversation, response):
-        from tasks.common import evaluate_mc
+        from nanochat_tasks.common import evaluate_mc
         return evaluate_mc(conversation, response)
 
 
@@ -66,7 +66,7 @@ def test_lm_eval_local_completions_matches_our_letter_scoring(tiny_run, tmp_path
     from conftest import base_dir_env
     from nanochat.checkpoint_manager import load_model
     from nanochat.task_eval import letter_token_ids, run_categorical_eval
-    from tasks.common import mc_conversation
+    from nanochat_tasks.common import mc_conversation
 
     with base_dir_env(tiny_run):
         model, tok, _ = load_model("base", "cpu", verbose=False)

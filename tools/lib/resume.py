@@ -449,7 +449,7 @@ def replay_steps(ckpt_dir, n_steps, from_step=None, device="cpu", on_step=None):
         loader = DataLoader(tokenizer, B, T, "train", rt.device, uc.get("data_dir"), state=loader_state)
     else:
         from nanochat.chat_data import make_chat_loader
-        from tasks.mixtures import build_mixture, is_offline_mixture
+        from nanochat_tasks.mixtures import build_mixture, is_offline_mixture
         mixture = meta.get("task_mixture") or []
         offline = uc.get("offline", False) or is_offline_mixture(mixture)
         task, names = build_mixture(stage, "train", offline, uc["synthetic_size"], uc.get("custom_json"),

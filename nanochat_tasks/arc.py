@@ -6,8 +6,8 @@ A categorical eval in chat_eval; its train split also goes into the midtraining 
 model learns the multiple-choice format.
 """
 
-from tasks.common import Task, check_split, mc_conversation, evaluate_mc
-from tasks.hub import load_hub_dataset
+from nanochat_tasks.common import Task, check_split, mc_conversation, evaluate_mc
+from nanochat_tasks.hub import load_hub_dataset
 
 
 class ARC(Task):

@@ -12,7 +12,7 @@ import re
 import gzip
 import json
 
-from tasks.common import Task
+from nanochat_tasks.common import Task
 
 CODE_BLOCK = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 

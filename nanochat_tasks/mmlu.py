@@ -7,8 +7,8 @@ sets) is used in midtraining to teach the format. Its rows come wrapped in one e
 {"train": {question, subject, choices, answer}}, which we unwrap.
 """
 
-from tasks.common import Task, check_split, mc_conversation, evaluate_mc
-from tasks.hub import load_hub_dataset
+from nanochat_tasks.common import Task, check_split, mc_conversation, evaluate_mc
+from nanochat_tasks.hub import load_hub_dataset
 
 LETTERS = ("A", "B", "C", "D")
 

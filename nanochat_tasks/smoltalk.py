@@ -5,8 +5,8 @@ about 460K train and 24K test conversations, some starting with a system message
 A training task only: there is no right answer to check.
 """
 
-from tasks.common import Task, check_split, conversation_problem
-from tasks.hub import load_hub_dataset
+from nanochat_tasks.common import Task, check_split, conversation_problem
+from nanochat_tasks.hub import load_hub_dataset
 
 
 class SmolTalk(Task):

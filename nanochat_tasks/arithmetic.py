@@ -14,8 +14,8 @@ test question ever appears in training.
 import zlib
 import random
 
-from tasks.common import Task, check_split, last_assistant_text
-from tasks.gsm8k import extract_answer
+from nanochat_tasks.common import Task, check_split, last_assistant_text
+from nanochat_tasks.gsm8k import extract_answer
 
 TEST_FRACTION = 10  # one question in 10 belongs to the test split
 

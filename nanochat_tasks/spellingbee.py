@@ -20,8 +20,8 @@ import random
 import string
 from functools import lru_cache
 
-from tasks.common import Task, check_split, last_assistant_text
-from tasks.gsm8k import extract_answer
+from nanochat_tasks.common import Task, check_split, last_assistant_text
+from nanochat_tasks.gsm8k import extract_answer
 
 MIN_WORD_LEN, MAX_WORD_LEN = 3, 12
 TEST_FRACTION = 10  # one word in 10 is held out for the test split

@@ -14,8 +14,8 @@ text, {"type": "python", "text": "48/2"}, {"type": "python_output", "text": "24"
 import re
 from decimal import Decimal, InvalidOperation
 
-from tasks.common import Task, check_split, last_assistant_text
-from tasks.hub import load_hub_dataset
+from nanochat_tasks.common import Task, check_split, last_assistant_text
+from nanochat_tasks.hub import load_hub_dataset
 
 CALCULATION = re.compile(r"<<([^<>]*)>>")
 # a number as people write it: optional minus, digits with thousands commas, optional decimals

@@ -8,9 +8,9 @@ nanochat/rl.py rolls out and scores); the resume helper rebuilds a run's mixture
 """
 
 from nanochat.common import UserError, print0
-from tasks import get_task
-from tasks.common import TaskMixture
-from tasks.hub import TaskUnavailable
+from nanochat_tasks import get_task
+from nanochat_tasks.common import TaskMixture
+from nanochat_tasks.hub import TaskUnavailable
 
 # the hub tasks of each stage; listing a task twice doubles its weight
 HUB_MIXTURES = {
@@ -55,7 +55,7 @@ def build_mixture(stage, split, offline=False, synthetic_size=1000, custom_json=
         tasks.append(get_task(name, task_split, size=max(1, int(size * share))))
         names.append(name)
     if custom_json:
-        from tasks.customjson import CustomJSON
+        from nanochat_tasks.customjson import CustomJSON
         custom = CustomJSON(custom_json)
         if split == "val":  # no held-out file: validate on the first 10% (still seen in training)
             custom = CustomJSON(custom_json, stop=max(1, len(custom) // 10))

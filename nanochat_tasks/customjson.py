@@ -15,7 +15,7 @@ bad line is reported as file:line, so a typo never surfaces halfway through a tr
 import json
 
 from nanochat.common import UserError
-from tasks.common import Task, conversation_problem
+from nanochat_tasks.common import Task, conversation_problem
 
 
 def read_conversations(filepath):

@@ -12,7 +12,7 @@ A training task only; train and test differ in their random draws, not in the fa
 
 import random
 
-from tasks.common import Task, check_split
+from nanochat_tasks.common import Task, check_split
 
 # topic -> (questions, answers); every answer must be true of a model trained with this code
 TOPICS = {

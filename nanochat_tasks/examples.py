@@ -8,13 +8,13 @@ list cannot drift from the training data. The chat CLI prints them at start and 
 chat page offers them as clickable examples (chat_web passes them to GET /stats), and the CPU demo
 prints them at the end:
 
-    python -m tasks.examples
+    python -m nanochat_tasks.examples
 """
 
 from functools import lru_cache
 
-from tasks import get_task
-from tasks.mixtures import OFFLINE_TASKS
+from nanochat_tasks import get_task
+from nanochat_tasks.mixtures import OFFLINE_TASKS
 
 # what each task family teaches, in a learner's words (a new task without an entry shows its name)
 FAMILY = {
@@ -30,7 +30,7 @@ GREETINGS = {"hi!", "hello", "hey there", "good morning!"}  # Identity sometimes
 @lru_cache(maxsize=1)
 def example_prompts():
     """[{"task": name, "family": what it teaches, "prompt": text}], one per offline task family
-    (tasks.mixtures.OFFLINE_TASKS, which midtraining and SFT always train on), in that order."""
+    (nanochat_tasks.mixtures.OFFLINE_TASKS, which midtraining and SFT always train on), in that order."""
     examples = []
     for name, _ in OFFLINE_TASKS:
         conversation = get_task(name, "train", size=1)[0]
