@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow.parquet as pq
 
-from nanochat.common import UserError, get_base_dir, repo_root, run_main
+from nanochat.common import UserError, get_base_dir, repo_root, run_main, ArgumentParser, int_range, float_range
 
 EMBEDDED_DIR = os.path.join(repo_root(), "data", "embedded")
 # the FineWeb-Edu-100B shards, pre-shuffled, as upstream nanochat uses them: shard_00000.parquet ...
@@ -443,22 +443,20 @@ Without downloads, training uses the embedded corpus in data/embedded."""
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m nanochat.dataset", epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="Download pretraining shards (shard_00000.parquet, ...) into "
-                                                 "$NANOCHAT_BASE_DIR/base_data, where training finds them.")
-    parser.add_argument("-n", "--num-shards", type=int, default=8, help="how many shards to download, from shard 0 (default 8)")
-    parser.add_argument("-w", "--workers", type=int, default=4, help="parallel downloads (default 4)")
+    parser = ArgumentParser(prog="python -m nanochat.dataset", epilog=EXAMPLES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description="Download pretraining shards (shard_00000.parquet, ...) into "
+                                        "$NANOCHAT_BASE_DIR/base_data, where training finds them.")
+    parser.add_argument("-n", "--num-shards", type=int_range(1, 100_000), default=8, help="how many shards to download, from shard 0 (default 8)")
+    parser.add_argument("-w", "--workers", type=int_range(1, 256), default=4, help="parallel downloads (default 4)")
     parser.add_argument("--base-url", default=None, help=f"shard server (default $NANOCHAT_DATA_URL or {DEFAULT_BASE_URL})")
     parser.add_argument("--data-dir", default=None, help="where to save the shards (default $NANOCHAT_BASE_DIR/base_data)")
-    parser.add_argument("--max-attempts", type=int, default=5, help="tries per shard before giving up (default 5)")
-    parser.add_argument("--timeout", type=float, default=30, help="seconds to wait on a silent connection (default 30)")
+    parser.add_argument("--max-attempts", type=int_range(1, 1000), default=5, help="tries per shard before giving up (default 5)")
+    parser.add_argument("--timeout", type=float_range(0, 86400, low_open=True), default=30, help="seconds to wait on a silent connection (default 30)")
     args = parser.parse_args(argv)
-    if args.num_shards < 1:
-        raise UserError(f"--num-shards must be at least 1, got {args.num_shards}")
-    if args.max_attempts < 1:
-        raise UserError(f"--max-attempts must be at least 1, got {args.max_attempts}")
     data_dir = os.path.abspath(os.path.expanduser(args.data_dir)) if args.data_dir else default_download_dir()
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UserError(f"--data-dir {data_dir} is a file: give a folder to save the shards in")
     base_url = resolve_base_url(args.base_url)
     paths, failures = _download_many(range(args.num_shards), base_url, data_dir, args.workers,
                                      args.max_attempts, args.timeout, progress=True)

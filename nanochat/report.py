@@ -27,7 +27,7 @@ import datetime
 import platform
 import subprocess
 
-from nanochat.common import get_base_dir, repo_root, run_main, UserError, format_duration
+from nanochat.common import get_base_dir, repo_root, run_main, UserError, format_duration, ArgumentParser
 
 REPORT_DIR_NAME = "report"
 BASE_EVAL_SECTION = "Base model evaluation"
@@ -331,9 +331,9 @@ EXAMPLES = """examples:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m nanochat.report", epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="Build the report card from the sections every stage logged.")
+    parser = ArgumentParser(prog="python -m nanochat.report", epilog=EXAMPLES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description="Build the report card from the sections every stage logged.")
     parser.add_argument("command", choices=["generate", "reset"], help="generate report.md, or reset for a new run")
     args = parser.parse_args(argv)
     report = get_report()

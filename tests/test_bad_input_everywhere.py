@@ -169,17 +169,21 @@ FLAGS = [
     ("tools.training_dashboard",  ["d2"],                                     "--max-refreshes",      ["-1"]),
     ("tools.training_resume_helper", ["d2"],                                  "--target-steps",       ["0", "-1", "1e15"]),
     ("tools.training_resume_helper", ["d2", "--verify"],                      "--replay",             ["-1", "1e15"]),
+    ("nanochat.dataset",          [],                                         "--num-shards",         ["0", "-1", "1e15"]),
+    ("nanochat.dataset",          [],                                         "--workers",            ["0", "-1", "1e15"]),
+    ("nanochat.dataset",          [],                                         "--max-attempts",       ["0", "-1", "1e15"]),
+    ("nanochat.dataset",          [],                                         "--timeout",            ["0", "-1", "1e300"]),
 ]
 MODULES = ["scripts.tok_train", "scripts.tok_eval", "scripts.base_train", "scripts.base_loss", "scripts.base_eval",
            "scripts.chat_cli", "scripts.chat_eval", "scripts.chat_web", "scripts.mid_train", "scripts.chat_sft",
            "scripts.chat_rl", "tools.attention_visualizer", "tools.checkpoint_browser",
            "tools.conversation_template_builder", "tools.dataset_inspector", "tools.generation_explorer",
            "tools.lr_finder", "tools.model_calculator", "tools.tokenizer_playground", "tools.training_dashboard",
-           "tools.training_resume_helper"]
+           "tools.training_resume_helper", "nanochat.dataset", "nanochat.report"]
 
 
 def parser_of(module_name):
-    """The argument parser a module's parse_args builds, caught as it starts parsing."""
+    """The argument parser a module's parse_args (or main) builds, caught as it starts parsing."""
     class Caught(Exception):
         pass
 
@@ -187,7 +191,8 @@ def parser_of(module_name):
         raise Caught(parser)
     with mock.patch.object(argparse.ArgumentParser, "parse_args", catch):
         try:
-            importlib.import_module(module_name).parse_args([])
+            module = importlib.import_module(module_name)
+            getattr(module, "parse_args", module.main)([])
         except Caught as caught:
             return caught.args[0]
     raise AssertionError(f"{module_name}.parse_args never parsed")
@@ -268,6 +273,9 @@ PATHS = [
     ("tools.checkpoint_browser",  ["--delete", "..", "--yes"]),
     ("tools.training_resume_helper", ["d2", "--command", "--target-steps", "4"]),   # target before the checkpoint
     ("tools.attention_visualizer", ["--text", "hi", "--head", "99"]),
+    ("nanochat.report",           ["publish"]),
+    ("nanochat.report",           []),
+    ("nanochat.dataset",          ["--data-dir", "{latin1_txt}"]),                # a file, not a folder
 ]
 
 # damaged meta values, one model tag each in the "metas" base dir: (tag, change to meta_000012.json)
