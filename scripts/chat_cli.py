@@ -67,11 +67,12 @@ def enable_line_editing(path):
     atexit.register(save)
 
 
-def stream_reply(engine, history, user_text, args, turn, out=sys.stdout, label="Assistant: "):
+def stream_reply(engine, history, user_text, args, turn, out=None, label="Assistant: "):
     """Generate the assistant's reply to user_text, printing it as it comes; returns the reply text.
 
     A conversation longer than the model can read loses its oldest exchanges (with a note); a
     message too long on its own raises UserError before anything is printed."""
+    out = out or sys.stdout  # looked up at each call, not once at import (tests and callers swap sys.stdout)
     context_len = context_length(engine.model)
     prompt, dropped = history.prompt_for(user_text, context_len=context_len)
     limit = context_len - len(prompt)
