@@ -347,7 +347,7 @@ def test_cli_offline_prints_one_line_and_exits_nonzero(tmp_path, capsys):
         port = s.getsockname()[1]
     argv = ["-n", "2", "--base-url", f"http://127.0.0.1:{port}", "--data-dir", str(tmp_path / "d"), "--max-attempts", "2"]
     with pytest.raises(SystemExit) as e:
-        run_main(lambda: dataset.main(argv))
+        run_main(lambda _argv: dataset.main(argv))
     assert e.value.code != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
