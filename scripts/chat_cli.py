@@ -67,11 +67,12 @@ def enable_line_editing(path):
     atexit.register(save)
 
 
-def stream_reply(engine, history, user_text, args, turn, out=None, label="Assistant: "):
+def stream_reply(engine, history, user_text, args, turn, out=None, label="Assistant: ", echo=False):
     """Generate the assistant's reply to user_text, printing it as it comes; returns the reply text.
 
-    A conversation longer than the model can read loses its oldest exchanges (with a note); a
-    message too long on its own raises UserError before anything is printed."""
+    A conversation longer than the model can read loses its oldest exchanges (with a note, printed
+    before the turn it makes room for); a message too long on its own raises UserError before
+    anything is printed. echo: print 'User: ...' first (piped input, where nobody saw it typed)."""
     out = out or sys.stdout  # looked up at each call, not once at import (tests and callers swap sys.stdout)
     context_len = context_length(engine.model)
     prompt, dropped = history.prompt_for(user_text, context_len=context_len)
@@ -79,6 +80,8 @@ def stream_reply(engine, history, user_text, args, turn, out=None, label="Assist
     if dropped:
         out.write(f"(the conversation outgrew the model's {context_len:,}-token context: "
                   f"{dropped} oldest exchange(s) dropped)\n")
+    if echo:
+        out.write(f"User: {user_text}\n")
     out.write(label)
     out.flush()
     decoder = StreamDecoder(engine.tokenizer)
@@ -135,11 +138,9 @@ def main(argv=None):
             continue
         if not user_text.strip():
             continue
-        if not interactive:
-            print(f"User: {user_text}")
         try:
             with rt.autocast():
-                stream_reply(engine, history, user_text, args, turn)
+                stream_reply(engine, history, user_text, args, turn, echo=not interactive)
         except UserError as e:  # one message too long: say so and keep the conversation
             print(f"error: {e}", file=sys.stderr)
             continue
