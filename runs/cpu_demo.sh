@@ -18,6 +18,17 @@ RL_ARGS=${RL_ARGS:---num-steps 30 --questions-per-step 8 --num-samples 8 --max-n
 t_start=$(date +%s)
 stage() { echo; echo "=== $1 ($(( $(date +%s) - t_start ))s since start)"; }
 
+# run again into the same base dir: the previous demo's checkpoints move aside (a fresh run never
+# writes over another run's checkpoints, and would stop with a one-line refusal)
+for d in base_checkpoints mid_checkpoints chatsft_checkpoints chatrl_checkpoints; do
+    old="${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}/$d/$TAG"
+    if [ -d "$old" ]; then
+        aside="$old.previous-$(date +%Y%m%d-%H%M%S)"
+        mv "$old" "$aside"
+        echo "moved the previous demo's $d/$TAG aside to $aside"
+    fi
+done
+
 stage "report: start a new report card"
 python -m nanochat.report reset
 
