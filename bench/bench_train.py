@@ -36,6 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--device-type", type=str, default="cpu", help="cpu|cuda|mps (empty: autodetect)")
     p.add_argument("--compile", type=int, choices=(-1, 0, 1), default=-1,
                    help="torch.compile the forward/backward (1/0; -1: on CUDA only, as base_train)")
+    p.add_argument("--no-peak", action="store_true", help="skip the CPU peak measurement (tokens/s only, no MFU)")
     return p.parse_args(argv)
 
 
@@ -52,7 +53,9 @@ def main(argv=None):
     B, T = args.device_batch_size, args.max_seq_len
     x = torch.randint(0, args.vocab_size, (B, T), device=rt.device)
     y = torch.randint(0, args.vocab_size, (B, T), device=rt.device)
-    if rt.device_type == "cpu":
+    if args.no_peak:
+        peak, peak_desc = None, "not measured (--no-peak)"
+    elif rt.device_type == "cpu":
         peak = measure_cpu_matmul_flops()
         peak_desc = f"CPU fp32 matmul peak measured now ({torch.get_num_threads()} thread(s), best of 5 windows)"
     else:

@@ -361,7 +361,31 @@ def compute_init(device_type="", seed=42):
     if device_type == "cpu" and world_size > 1:
         # N processes on one CPU: split the cores between them instead of oversubscribing
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    if device_type == "cpu" and rank == 0:
+        hint = spinning_threads_hint()
+        if hint:
+            print0(hint)
     return Runtime(device_type, device, ddp, rank, local_rank, world_size)
+
+
+def spinning_threads_hint():
+    """One line of advice when this process's OpenMP threads will fight other work, else None.
+
+    PyTorch's CPU threads (libgomp) spin at every barrier unless OMP_WAIT_POLICY=PASSIVE says
+    otherwise. On a machine that other work keeps busy, a thread waiting for one that is not
+    running burns the core that one needs: beside one busy process, the demo's training step ran
+    2.8-4.9x faster with PASSIVE than without (bench/README.md). The setting is read once, when
+    torch is imported, so it can only be set before Python starts (runs/cpu_demo.sh does)."""
+    cores = os.cpu_count() or 1
+    if torch.get_num_threads() < 2 or not hasattr(os, "getloadavg") \
+            or os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT"):
+        return None
+    load = os.getloadavg()[0]
+    if load < cores:  # (this process has done little yet: the load is the others')
+        return None
+    return (f"note: this machine is busy (load {load:.1f} on {cores} cores) and {torch.get_num_threads()} "
+            f"OpenMP threads spin while they wait; start with OMP_WAIT_POLICY=PASSIVE (or fewer threads, "
+            f"OMP_NUM_THREADS=1) to keep them from slowing each other down (bench/README.md)")
 
 
 def compute_cleanup():

@@ -83,3 +83,22 @@ def test_base_train_prints_mfu_at_most_100_under_a_noisy_peak(fresh_note, tmp_pa
     mfus = [float(m) for m in re.findall(r"mfu\s+([\d.]+)%|MFU ([\d.]+)%", out, flags=re.I) for m in m if m]
     assert mfus and max(mfus) <= 100
     assert "the peak was underestimated" in out
+
+
+def test_busy_machine_with_spinning_threads_gets_one_line_of_advice(monkeypatch):
+    import torch
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (7.8, 7.0, 6.0))
+    hint = common.spinning_threads_hint()
+    assert "load 7.8 on 2 cores" in hint and "OMP_WAIT_POLICY=PASSIVE" in hint
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    assert common.spinning_threads_hint() is None  # a quiet machine: spinning threads cost nothing
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (7.8, 7.0, 6.0))
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert common.spinning_threads_hint() is None  # already set
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert common.spinning_threads_hint() is None  # one thread waits for nobody
