@@ -5,6 +5,10 @@ Benchmark inference: what the KV cache buys, prefill speed, and batched decoding
   tokens. Without a cache (GPT.generate, the reference) every new token re-reads the whole
   context, so its cost grows with the context; with the cache (Engine) a new token costs one
   position. The ratio is the speed-up.
+- decode at batch 1 against the weight-matmul floor: the same steps timed in turn with the
+  model's weight matmuls alone (every nn.Linear on a (1, C) input, what one token cannot do
+  without). The ratio says how much of a step goes to everything else (attention, norms, rotary,
+  the cache, Python).
 - prefill: tokens/s of running a prompt through the model once while filling the cache.
 - batch decode: tokens/s of Engine rows decoding together (num_samples 1 / 4 / 16).
 - different prompts: --prompts prompts of different lengths (half the first context up to all
@@ -26,6 +30,7 @@ import time
 import argparse
 
 import torch
+import torch.nn.functional as F
 
 from nanochat.common import compute_init, run_main, UserError
 from nanochat.gpt import config_from_depth, build_model
@@ -45,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="each timing is the best of this many")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--device-type", type=str, default="cpu", help="cpu|cuda|mps (empty: autodetect)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time, or this process's CPU time (with 1 thread on a machine others are using: "
+                        "it leaves out the time the others took)")
     return p.parse_args(argv)
 
 
@@ -64,14 +72,17 @@ class StandInTokenizer:
         return self.ids["<|bos|>"]
 
 
+clock = time.perf_counter  # main() switches it to time.process_time for --clock cpu
+
+
 def best_time(fn, repeats, sync):
     best = float("inf")
     for _ in range(repeats):
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
@@ -82,13 +93,25 @@ def decode_seconds_per_step(make_iterator, n, repeats, sync):
         iterator = make_iterator()
         next(iterator)  # prefill + first token, not timed
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(n - 1):
             next(iterator)
         sync()
-        best = min(best, (time.perf_counter() - t0) / (n - 1))
+        best = min(best, (clock() - t0) / (n - 1))
         iterator.close()
     return best
+
+
+def weight_matmul_floor(model):
+    """A function that runs every weight matmul of one decode step at batch 1, and nothing else."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(1, w.size(1), dtype=w.dtype, device=w.device) for w in weights]
+
+    @torch.inference_mode()
+    def step():
+        for x, w in zip(inputs, weights):
+            F.linear(x, w)
+    return step
 
 
 def main(argv=None):
@@ -102,6 +125,8 @@ def main(argv=None):
         raise UserError("--new-tokens must be at least 2, --repeats and --prompts at least 1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     rt = compute_init(args.device_type)
     config = config_from_depth(args.depth, args.vocab_size, args.sequence_len, head_dim=args.head_dim,
                                window_pattern="L")
@@ -126,12 +151,28 @@ def main(argv=None):
                                          args.repeats, sync)
         print(f"{'':22} {ctx:7d} {1000 * no_cache:11.2f} {1000 * cached:11.2f} {no_cache / cached:10.1f}x")
 
+    ctx = contexts[0]
+    prompt = torch.randint(0, args.vocab_size, (ctx,), generator=gen).tolist()
+    floor_step = weight_matmul_floor(model)
+
+    def floor_run():
+        for _ in range(n - 1):
+            floor_step()
+    decode, floor = float("inf"), float("inf")
+    for _ in range(args.repeats):  # in turn, so that both see the same machine
+        decode = min(decode, decode_seconds_per_step(lambda: engine.generate(prompt, 1, max_tokens=n, temperature=0.0),
+                                                     n, 1, sync))
+        floor = min(floor, best_time(floor_run, 1, sync) / (n - 1))
+    print(f"\nbatch-1 decode vs the weight-matmul floor (context {ctx})")
+    print(f"{'':22} decode {1000 * decode:7.2f} ms/token ({1 / decode:,.0f} tok/s) | weight matmuls alone "
+          f"{1000 * floor:7.2f} ms ({1 / floor:,.0f} tok/s) | decode / floor {decode / floor:.2f}x")
+
     print("\nprefill                context    tokens/s")
     for ctx in contexts:
         ids = torch.randint(0, args.vocab_size, (1, ctx), generator=gen).to(rt.device)
 
         def prefill():
-            with torch.no_grad():
+            with torch.inference_mode():
                 model(ids, kv_cache=KVCache.for_model(model, 1, ctx))
         print(f"{'':22} {ctx:7d} {ctx / best_time(prefill, args.repeats, sync):11,.0f}")
 

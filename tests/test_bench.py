@@ -18,9 +18,13 @@ def test_bench_engine_prints_every_section(capsys):
                        "--repeats", "1", "--device-type", "cpu"])
     out = capsys.readouterr().out
     speedups = [line for line in out.splitlines()
-                if line.rstrip().endswith("x") and "rows" not in line and "one at a time" not in line]
+                if line.rstrip().endswith("x") and "rows" not in line and "one at a time" not in line
+                and "floor" not in line]
     assert len(speedups) == 2 + 2  # two contexts (cache vs none) and two batch sizes
     assert all(_numbers(line)[-1] > 0 for line in speedups)
+    (floor,) = [line for line in out.splitlines() if "decode / floor" in line]
+    decode_ms, _, floor_ms, _, ratio = _numbers(floor)
+    assert decode_ms > 0 and floor_ms >= 0 and ratio > 0
     (together,) = [line for line in out.splitlines() if "one at a time" in line]
     alone_ms, batch_ms, ratio = _numbers(together)
     assert alone_ms > 0 and batch_ms > 0
@@ -56,3 +60,19 @@ def test_bench_tokenizer_compares_with_cl100k(capsys):
     out = capsys.readouterr().out
     assert re.search(r"train: 512 tokens from [\d,]+ characters", out)
     assert "ours / cl100k_base" in out
+
+
+def test_gpu_script_commands_parse_with_the_benches_own_flags():
+    # bench/gpu.sh cannot run without a GPU; at least every bench command in it must parse
+    import os
+    import shlex
+    from bench import bench_engine, bench_train
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "gpu.sh")
+    text = open(path).read().replace("\\\n", " ").replace('"$BATCH"', "32").replace('"$STEPS"', "10")
+    commands = [shlex.split(line.split("python -m ", 1)[1]) for line in text.splitlines()
+                if line.lstrip().startswith("python -m bench.")]
+    parsers = {"bench.bench_train": bench_train.parse_args, "bench.bench_engine": bench_engine.parse_args}
+    assert sorted(c[0] for c in commands) == sorted(parsers)
+    for module, *args in commands:
+        parsed = parsers[module](args)
+        assert parsed.device_type == "cuda" and parsed.depth == 12
