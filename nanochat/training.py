@@ -298,11 +298,6 @@ def reduce_step(loss_sum, tokens, grad_accum, rt):
     return loss.item(), int(tokens.item())
 
 
-def mfu_percent(flops_per_token, tokens_per_sec, peak_flops, world_size):
-    """Model FLOPs utilisation in percent (None when the device's peak is unknown)."""
-    return 100 * flops_per_token * tokens_per_sec / (peak_flops * world_size) if peak_flops else None
-
-
 def metrics_record(step, loop_state, train_loss, smooth_loss, lr_mult, lrs, dt, tokens_per_sec, mfu, val_bpb=None):
     """One line of metrics.jsonl for a supervised stage (base, mid, sft); step counts steps done."""
     record = {"step": step, "tokens": loop_state["tokens_seen"], "train_loss": train_loss,

@@ -24,7 +24,7 @@ import argparse
 
 import torch
 
-from nanochat.common import (compute_init, compute_cleanup, print0, get_peak_flops, run_main, add_device_arg,
+from nanochat.common import (compute_init, compute_cleanup, print0, get_peak_flops, mfu_percent, run_main, add_device_arg,
                              UserError, format_duration, ArgumentParser, int_range, float_range, nonneg_int,
                              random_seed, fraction)
 from nanochat.gpt import config_from_depth, build_model, UPSTREAM_ARCH, CONFIG_LIMITS
@@ -201,7 +201,7 @@ def main(argv=None):
         smooth.update(train_loss)
         loop_state["smooth_train_loss"], loop_state["smooth_count"] = smooth.value, smooth.count
         tok_per_sec = step_tokens / dt
-        mfu = tr.mfu_percent(flops_per_token, tok_per_sec, peak_flops, rt.world_size)
+        mfu = mfu_percent(flops_per_token, tok_per_sec, peak_flops, rt.world_size)
 
         # evaluation, the progress line and the metrics record
         measured_val = None
@@ -246,7 +246,7 @@ def main(argv=None):
     trained = loop_state["tokens_seen"] - start_step * args.total_batch_size  # tokens of this session
     session_time = total_time - session_start_time
     tok_per_sec = trained / session_time if session_time > 0 else 0.0
-    mfu = tr.mfu_percent(flops_per_token, tok_per_sec, peak_flops, rt.world_size)
+    mfu = mfu_percent(flops_per_token, tok_per_sec, peak_flops, rt.world_size)
     print0(f"done: {num_iterations} steps, {format_duration(total_time)} of training, {tok_per_sec:,.0f} tok/s"
            + (f", MFU {mfu:.1f}%" if mfu is not None else "")
            + (f" | min val bpb {min_val:.4f}" if min_val != float("inf") else ""))

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from nanochat.common import compute_init, compute_cleanup, print0, get_peak_flops, add_device_arg, format_duration, \
+from nanochat.common import compute_init, compute_cleanup, print0, get_peak_flops, mfu_percent, add_device_arg, format_duration, \
     int_range, float_range, random_seed, fraction
 from nanochat.chat_data import make_chat_loader, count_batches
 from nanochat.gpt import CONFIG_LIMITS
@@ -127,7 +127,8 @@ def finetune(args, stage):
     # mid rows are always T long; SFT rows are as long as the batch's longest conversation
     train_model = tr.compile_for_training(model, args.compile, rt.device_type, dynamic=stage == "sft")
     flops_per_token = model.estimate_flops()
-    peak_flops, _ = get_peak_flops(rt.device_type)
+    peak_flops, peak_desc = get_peak_flops(rt.device_type)
+    print0(f"peak for MFU: {peak_desc}" + (f" = {peak_flops / 1e9:,.0f} GFLOP/s" if peak_flops else ""))
 
     logger = make_logger(args, stage, user_config, ckpt_dir)  # --logger: wandb, trackio, tensorboard or none
 
@@ -183,7 +184,7 @@ def finetune(args, stage):
         smooth.update(train_loss)
         loop_state["smooth_train_loss"], loop_state["smooth_count"] = smooth.value, smooth.count
         tok_per_sec = step_tokens / dt
-        mfu = tr.mfu_percent(flops_per_token, tok_per_sec, peak_flops, rt.world_size)
+        mfu = mfu_percent(flops_per_token, tok_per_sec, peak_flops, rt.world_size)
 
         # evaluation, the progress line and the metrics record
         measured_val = None

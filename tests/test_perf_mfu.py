@@ -66,8 +66,6 @@ def test_bench_train_prints_mfu_at_most_100_under_a_noisy_peak(fresh_note, monke
     assert re.search(r"MFU 100\.0%", out) and "the peak was underestimated" in out
 
 
-@pytest.mark.xfail(strict=True, reason="scripts/base_train.py still computes MFU with training.mfu_percent; "
-                                       "it should call common.mfu_percent (bench/README.md, 'Honest MFU')")
 def test_base_train_prints_mfu_at_most_100_under_a_noisy_peak(fresh_note, tmp_path, tiny_run, monkeypatch,
                                                              capsys):
     from scripts import base_train
