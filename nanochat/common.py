@@ -450,7 +450,8 @@ def measure_cpu_matmul_flops(n=2048, dtype=torch.float32, seconds=0.2, windows=5
     return best
 
 
-def _cpu_name():
+def cpu_name():
+    """The processor's model name (for the report card and the cached CPU peak)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -470,7 +471,7 @@ def cpu_peak_flops(remeasure=None):
     a low peak. remeasure=True, or NANOCHAT_REMEASURE_PEAK=1 in the environment, measures it
     again (after a hardware change, or when a run says the peak was underestimated)."""
     threads = torch.get_num_threads()
-    key = f"{_cpu_name()} | {threads} threads | torch {torch.__version__}"
+    key = f"{cpu_name()} | {threads} threads | torch {torch.__version__}"
     threads = f"{threads} thread" + ("s" if threads > 1 else "")
     if remeasure is None:
         remeasure = os.environ.get(REMEASURE_PEAK_ENV, "") not in ("", "0")

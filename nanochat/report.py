@@ -27,7 +27,7 @@ import datetime
 import platform
 import subprocess
 
-from nanochat.common import get_base_dir, repo_root, run_main, UserError, format_duration, ArgumentParser
+from nanochat.common import get_base_dir, repo_root, run_main, UserError, format_duration, ArgumentParser, cpu_name
 
 REPORT_DIR_NAME = "report"
 BASE_EVAL_SECTION = "Base model evaluation"
@@ -130,22 +130,11 @@ def git_info():
             "Git branch": _git("rev-parse", "--abbrev-ref", "HEAD") or "detached"}
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment_info():
     """Hardware and software facts for the report header, as an ordered dict."""
     import torch
     info = {"Host": socket.gethostname(), "Platform": f"{platform.system()} {platform.release()}",
-            "CPU": f"{cpu_model()}, {os.cpu_count()} logical cores"}
+            "CPU": f"{cpu_name()}, {os.cpu_count()} logical cores"}
     try:
         import psutil
         info["RAM"] = f"{psutil.virtual_memory().total / 2**30:.1f} GiB"
