@@ -195,7 +195,8 @@ class CompletionRequest(Sampling):
     echo: bool = False
 
 
-def _number(body, name, lo, hi, default, integer=False):
+def number_field(body, name, lo, hi, default, integer=False):
+    """body[name] as a number in [lo, hi] (default when absent or null); anything else is a 400 naming it."""
     value = body.get(name)
     if value is None:
         return default
@@ -255,19 +256,19 @@ def check_unsupported(body, names):
 
 def parse_sampling(body, defaults, max_tokens_lo=1):
     """The sampling fields both endpoints share -> keyword arguments of Sampling."""
-    temperature = _number(body, "temperature", *TEMPERATURE_RANGE, defaults.temperature)
+    temperature = number_field(body, "temperature", *TEMPERATURE_RANGE, defaults.temperature)
     if temperature < MIN_TEMPERATURE:
         temperature = 0.0
-    top_k = _number(body, "top_k", *TOP_K_RANGE, defaults.top_k, integer=True)
-    top_p = _number(body, "top_p", 0.0, 1.0, 1.0)
+    top_k = number_field(body, "top_k", *TOP_K_RANGE, defaults.top_k, integer=True)
+    top_p = number_field(body, "top_p", 0.0, 1.0, 1.0)
     if top_p == 0.0:
         raise RequestError("top_p is 0; it must be above 0 and at most 1 (1 = off)", param="top_p")
-    min_p = _number(body, "min_p", 0.0, 1.0, 0.0)
+    min_p = number_field(body, "min_p", 0.0, 1.0, 0.0)
     # newer OpenAI clients may send max_completion_tokens instead of max_tokens
     max_name = "max_tokens" if body.get("max_tokens") is not None or "max_completion_tokens" not in body \
         else "max_completion_tokens"
-    max_tokens = _number(body, max_name, max_tokens_lo, MAX_TOKENS_RANGE[1], defaults.max_tokens, integer=True)
-    seed = _number(body, "seed", 0, 2**63 - 1, None, integer=True)
+    max_tokens = number_field(body, max_name, max_tokens_lo, MAX_TOKENS_RANGE[1], defaults.max_tokens, integer=True)
+    seed = number_field(body, "seed", 0, 2**63 - 1, None, integer=True)
     if seed is None:
         seed = int.from_bytes(os.urandom(7), "little")  # a fresh reply each time, like OpenAI
     stream = _flag(body, "stream")
@@ -371,7 +372,7 @@ def parse_chat_request(body, defaults, tool_parts=False):
                              "audio", "modalities", "prediction", "web_search_options", "reasoning_effort"))
     messages = parse_messages(body.get("messages"), tool_parts)
     sampling = parse_sampling(body, defaults)
-    top = _number(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, None, integer=True)
+    top = number_field(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, None, integer=True)
     logprobs = None
     if _flag(body, "logprobs"):
         logprobs = top or 0
@@ -391,7 +392,7 @@ def parse_completion_request(body, defaults, tokenizer, context_len):
                              "repetition_penalty"))
     echo = _flag(body, "echo")
     sampling = parse_sampling(body, defaults, max_tokens_lo=0 if echo else 1)
-    logprobs = _number(body, "logprobs", 0, MAX_TOP_LOGPROBS, None, integer=True)
+    logprobs = number_field(body, "logprobs", 0, MAX_TOP_LOGPROBS, None, integer=True)
     prompt = body.get("prompt")
     vocab = tokenizer.get_vocab_size()
     is_ids = lambda p: isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p)  # noqa: E731
@@ -922,9 +923,23 @@ UI_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui.html")
 UI_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
           "connect-src 'self'; base-uri 'none'; form-action 'none'")
 
+# the headers of every page this project serves (the chat page here, the lab's pages in tools/lab.py)
+PAGE_HEADERS = {"Content-Security-Policy": UI_CSP, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+
 PUBLIC_PATHS = ("/", "/health")   # answered without the API key (the page asks for the key itself)
 # OpenAI paths that a client whose base URL lacks /v1 asks for
 OPENAI_PATHS = ("/chat/completions", "/completions", "/models", "/embeddings", "/responses")
+
+
+def check_port_free(host, port):
+    """A UserError when host:port cannot be bound (checked before a slow model load, not after)."""
+    import socket
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another port with -p "
+                            "or stop whatever uses it")
 
 
 def error_body(message, param=None, kind="invalid_request_error", code=None):
@@ -1137,7 +1152,7 @@ def create_app(pool, model_name, defaults=None, ui_path=UI_PATH, api_key=None, c
 
     @app.get("/")
     async def ui():
-        return HTMLResponse(ui_html, headers={"Content-Security-Policy": UI_CSP, "Cache-Control": "no-cache"})
+        return HTMLResponse(ui_html, headers=PAGE_HEADERS)
 
     @app.get("/health")
     async def health():

@@ -28,10 +28,10 @@ import ipaddress
 import os
 import sys
 
-from nanochat.common import UserError, run_main, add_device_arg, ArgumentParser, int_range, float_range, nonneg_int
+from nanochat.common import run_main, add_device_arg, ArgumentParser, int_range, float_range, nonneg_int
 from nanochat.checkpoint_manager import add_checkpoint_args, checkpoint_from_args
 from nanochat.web import (MAX_TOKENS_RANGE, TEMPERATURE_RANGE, TOP_K_RANGE, SamplingDefaults, WorkerPool, create_app,
-                          load_workers)
+                          load_workers, check_port_free)
 from nanochat_tasks.examples import example_prompts
 
 
@@ -60,16 +60,6 @@ def parse_args(argv=None):
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug", "trace"), default="info",
                    help="uvicorn log level (warning: no access log)")
     return p.parse_args(argv)
-
-
-def check_port_free(host, port):
-    import socket
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another port with -p "
-                            "or stop whatever uses it")
 
 
 def is_loopback(host):

@@ -141,7 +141,8 @@ def main(argv=None):
     if args.json:
         out = {"tokens": [tokenizer.id_to_token(t) for t in ids], "ids": ids,
                "layers": {str(layer): p.tolist() for layer, p in probs.items()},
-               "heads": [{"layer": s.layer, "head": s.head, "scores": s.scores, "pattern": s.pattern} for s in summaries]}
+               "heads": [{"layer": s.layer, "head": s.head, "scores": s.scores, "pattern": s.pattern} for s in summaries],
+               "next_tokens": am.next_token_predictions(model, ids)}
         if across:
             out["across_checkpoints"] = {str(s): w.tolist() for s, w in across.items()}
         print(json.dumps(out))

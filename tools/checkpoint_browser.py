@@ -59,10 +59,7 @@ def do_list(args):
     base = get_base_dir()
     infos = ci.sort_infos(ci.scan(base), args.sort)
     if args.json:
-        print(json.dumps([{"name": i.name, "source": i.source, "tag": i.tag, "step": i.step, "val_bpb": i.val_bpb,
-                           "n_layer": i.config.get("n_layer"), "n_embd": i.config.get("n_embd"),
-                           "num_params": i.num_params, "size_bytes": i.size_bytes, "optimizer": i.has_optimizer,
-                           "modified": i.modified, "meta_error": i.meta_error} for i in infos], indent=2))
+        print(json.dumps([ci.info_record(i) for i in infos], indent=2))
         return
     print(ui.heading(f"Checkpoints under {base}"))
     if not infos:
@@ -133,23 +130,9 @@ def fmt_value(v):
 def do_compare(args):
     a = cm.resolve_address(args.compare[0], args.source)  # (source, folder, tag, step)
     b = cm.resolve_address(args.compare[1], args.source)
-    meta_a, meta_b = cm.read_meta(a[1], a[3]), cm.read_meta(b[1], b[3])
-    configs = []
-    for x in (a, b):  # whole configs, so an upstream meta (shape fields only) compares option by option
-        try:
-            configs.append(cm.checkpoint_model_config(x[1], x[3]).to_dict())
-        except (UserError, OSError):
-            configs.append(None)  # a damaged model file: compare what the meta says
-    rows = ci.compare_metas(meta_a, meta_b, *configs)
-    out = {"a": f"{a[0]}/{a[2]}:{a[3]}", "b": f"{b[0]}/{b[2]}:{b[3]}",
-           "rows": [{"key": k, "a": va, "b": vb, "differs": d} for k, va, vb, d in rows]}
-    if args.weights:
-        changes, differ = ci.compare_weights(a[1], a[3], b[1], b[3])
-        out["weights"] = [{"group": g, "relative_change": rc, "numel": n} for g, rc, n in changes]
-        out["shape_differences"] = [{"tensor": k, "a": sa, "b": sb} for k, sa, sb in differ]
-    if args.prompt is not None:
-        out["samples"] = {side: ci.greedy_decode(x[1], x[3], args.prompt, args.max_tokens, resolve_device_type(args.device_type))
-                          for side, x in (("a", a), ("b", b))}
+    out = ci.compare_checkpoints(a, b, args.weights, args.prompt, args.max_tokens,
+                                 resolve_device_type(args.device_type))
+    rows = [(r["key"], r["a"], r["b"], r["differs"]) for r in out["rows"]]
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return

@@ -78,6 +78,16 @@ def attention_probs(model, ids, layers=None):
     return out
 
 
+@torch.no_grad()
+def next_token_predictions(model, ids, top_n=5):
+    """What the model predicts after each position of one sequence: [[(token id, probability)]],
+    the top_n of softmax(logits) at every position (the last row is its guess for what comes next)."""
+    idx = torch.tensor([list(ids)], dtype=torch.long, device=model.get_device())
+    probs = model(idx)[0].float().softmax(dim=-1)  # (T, V)
+    p, t = torch.topk(probs, min(top_n, probs.size(-1)), dim=-1)
+    return [[(int(a), float(b)) for a, b in zip(tr, pr)] for tr, pr in zip(t.tolist(), p.tolist())]
+
+
 def pattern_scores(probs, ids):
     """Scores of the named patterns for each head. probs: (H, T, T); returns [{pattern: score}]."""
     H, T, _ = probs.shape

@@ -100,6 +100,14 @@ def scan(base_dir=None):
     return [checkpoint_info(s, t, step, d) for s, t, step, d in cm.list_checkpoints(base_dir)]
 
 
+def info_record(info):
+    """One checkpoint of the listing as a plain dict (the browser's --list --json and the lab's list)."""
+    return {"name": info.name, "source": info.source, "tag": info.tag, "step": info.step, "val_bpb": info.val_bpb,
+            "n_layer": info.config.get("n_layer"), "n_embd": info.config.get("n_embd"),
+            "num_params": info.num_params, "size_bytes": info.size_bytes, "optimizer": info.has_optimizer,
+            "modified": info.modified, "meta_error": info.meta_error}
+
+
 def sort_infos(infos, key):
     if key not in SORT_KEYS:
         raise UserError(f"unknown sort key '{key}': use one of {', '.join(SORT_KEYS)}")
@@ -283,6 +291,29 @@ def compare_weights(dir_a, step_a, dir_b, step_b):
                        else 3 if g == "scalars" else 4, g)
     return [(g, (d / n) ** 0.5 if n > 0 else float("inf") if d > 0 else 0.0, c)
             for g, (d, n, c) in sorted(groups.items(), key=lambda kv: order(kv[0]))], differ
+
+
+def compare_checkpoints(a, b, weights=False, prompt=None, max_tokens=32, device="cpu"):
+    """Two checkpoints side by side, as a plain dict: a and b are (source, folder, tag, step) of
+    cm.resolve_address. Rows of compare_metas; with weights the per-part relative change and the
+    tensors that differ in shape; with a prompt each one's greedy continuation."""
+    meta_a, meta_b = cm.read_meta(a[1], a[3]), cm.read_meta(b[1], b[3])
+    configs = []
+    for x in (a, b):  # whole configs, so an upstream meta (shape fields only) compares option by option
+        try:
+            configs.append(cm.checkpoint_model_config(x[1], x[3]).to_dict())
+        except (UserError, OSError):
+            configs.append(None)  # a damaged model file: compare what the meta says
+    rows = compare_metas(meta_a, meta_b, *configs)
+    out = {"a": f"{a[0]}/{a[2]}:{a[3]}", "b": f"{b[0]}/{b[2]}:{b[3]}",
+           "rows": [{"key": k, "a": va, "b": vb, "differs": d} for k, va, vb, d in rows]}
+    if weights:
+        changes, differ = compare_weights(a[1], a[3], b[1], b[3])
+        out["weights"] = [{"group": g, "relative_change": rc, "numel": n} for g, rc, n in changes]
+        out["shape_differences"] = [{"tensor": k, "a": sa, "b": sb} for k, sa, sb in differ]
+    if prompt is not None:
+        out["samples"] = {side: greedy_decode(x[1], x[3], prompt, max_tokens, device) for side, x in (("a", a), ("b", b))}
+    return out
 
 
 def greedy_decode(ckpt_dir, step, prompt, max_tokens=32, device="cpu"):

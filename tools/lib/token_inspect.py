@@ -164,6 +164,21 @@ def reference_counts(text, names):
     return out
 
 
+def reference_split(text, name):
+    """How a published encoding splits `text`: (encoding name, [TokenInfo]). Not available
+    offline (no tiktoken cache, no bpe-openai) is a UserError whose sentence says so."""
+    from nanochat.tokenizer import get_reference_encoding
+    enc = get_reference_encoding(name)
+    out = []
+    for i, t in enumerate(enc.encode(text)):
+        # both backends (tiktoken, bpe-openai) have it; the bytes show a piece of a character as it is
+        data = enc._enc.decode_single_token_bytes(t)
+        kind = classify_bytes(data)
+        out.append(TokenInfo(i, t, data.decode("utf-8", "replace"), len(data), kind,
+                             data.hex() if kind == "partial UTF-8" else ""))
+    return enc.name, out
+
+
 def compare_with_references(tokenizer, text, names):
     """Rows {name, tokens, bytes_per_token, vs_ours, note} for ours and each reference encoding."""
     nbytes = len(text.encode("utf-8"))
