@@ -212,7 +212,7 @@ def run_task_eval(task, tokenizer, model, name=None, batch_size=8, num_samples=1
 
 # the tasks chat_eval runs by default, in this order
 EVAL_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "SimpleSpelling",
-              "Arithmetic", "TwoStepArithmetic")
+              "Arithmetic", "TwoStepArithmetic", "Refusal")
 
 
 def format_results_table(results):

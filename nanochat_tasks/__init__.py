@@ -8,7 +8,7 @@ get_task(name, split) builds a task from the name used on command lines, e.g.
 from nanochat.common import UserError
 
 TASK_NAMES = ("SmolTalk", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval",
-              "SpellingBee", "SimpleSpelling", "Arithmetic", "TwoStepArithmetic", "Identity")
+              "SpellingBee", "SimpleSpelling", "Arithmetic", "TwoStepArithmetic", "Identity", "Refusal")
 
 
 def get_task(name, split="train", **kwargs):
@@ -45,4 +45,7 @@ def get_task(name, split="train", **kwargs):
     if name == "Identity":
         from nanochat_tasks.identity import Identity
         return Identity(split=split, **kwargs)
+    if name == "Refusal":
+        from nanochat_tasks.refusal import Refusal
+        return Refusal(split=split, **kwargs)
     raise UserError(f"unknown task {name!r}: choose one of {', '.join(TASK_NAMES)}")

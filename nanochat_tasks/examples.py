@@ -14,7 +14,7 @@ prints them at the end:
 from functools import lru_cache
 
 from nanochat_tasks import get_task
-from nanochat_tasks.mixtures import OFFLINE_TASKS
+from nanochat_tasks.mixtures import OFFLINE_TASKS_BY_STAGE
 
 # what each task family teaches, in a learner's words (a new task without an entry shows its name)
 FAMILY = {
@@ -23,16 +23,18 @@ FAMILY = {
     "SimpleSpelling": "spell a word",
     "Arithmetic": "word problem, solved with the calculator",
     "TwoStepArithmetic": "two-step word problem",
+    "Refusal": "decline what it cannot do, learned in SFT only",
 }
 GREETINGS = {"hi!", "hello", "hey there", "good morning!"}  # Identity sometimes opens with one: skip it
 
 
 @lru_cache(maxsize=1)
 def example_prompts():
-    """[{"task": name, "family": what it teaches, "prompt": text}], one per offline task family
-    (nanochat_tasks.mixtures.OFFLINE_TASKS, which midtraining and SFT always train on), in that order."""
+    """[{"task": name, "family": what it teaches, "prompt": text}], one per offline task family of
+    SFT (nanochat_tasks.mixtures.OFFLINE_TASKS_BY_STAGE["sft"]: midtraining's families plus the one
+    only SFT trains), in that order."""
     examples = []
-    for name, _ in OFFLINE_TASKS:
+    for name, _ in OFFLINE_TASKS_BY_STAGE["sft"]:
         conversation = get_task(name, "train", size=1)[0]
         users = [m["content"] for m in conversation["messages"] if m["role"] == "user"]
         prompt = next((u for u in users if u.strip().lower() not in GREETINGS), users[0])

@@ -29,7 +29,7 @@ from nanochat.common import UserError
 
 TASKS_DIR_ENV = "NANOCHAT_TASKS_DIR"
 PROBE_TIMEOUT_S = 4.0
-OFFLINE_TASKS = "SpellingBee, SimpleSpelling, Arithmetic, TwoStepArithmetic, Identity, HumanEval or CustomJSON"
+OFFLINE_TASKS = "SpellingBee, SimpleSpelling, Arithmetic, TwoStepArithmetic, Identity, Refusal, HumanEval or CustomJSON"
 
 
 class TaskUnavailable(UserError):

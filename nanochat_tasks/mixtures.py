@@ -26,6 +26,10 @@ HUB_VAL = {
 # to show the format but not to master it (that is left for RL to practise)
 OFFLINE_TASKS = [("Identity", 1), ("SpellingBee", 1), ("SimpleSpelling", 1), ("Arithmetic", 1),
                  ("TwoStepArithmetic", 1 / 8)]
+# what only SFT trains on, so that SFT teaches something midtraining did not and chat_eval can show
+# it: politely declining requests the model cannot carry out (chat_eval's Refusal row is near 0
+# after mid and rises after SFT)
+OFFLINE_TASKS_BY_STAGE = {"mid": OFFLINE_TASKS, "sft": OFFLINE_TASKS + [("Refusal", 1 / 2)]}
 HUB_SLICES = {("sft", "SmolTalk", "train"): 10_000, ("mid", "MMLU", "test"): 2_000,
               ("mid", "GSM8K", "test"): 1_000, ("mid", "SmolTalk", "test"): 5_000}
 
@@ -33,7 +37,8 @@ HUB_SLICES = {("sft", "SmolTalk", "train"): 10_000, ("mid", "MMLU", "test"): 2_0
 def build_mixture(stage, split, offline=False, synthetic_size=1000, custom_json=None, announce=True):
     """The task mixture of a stage ('mid' or 'sft') for 'train' or 'val'.
 
-    Online: the hub tasks of the stage plus the offline synthetic tasks. When the hub cannot be
+    Online: the hub tasks of the stage plus the offline synthetic tasks of the stage
+    (OFFLINE_TASKS_BY_STAGE: SFT adds Refusal to midtraining's). When the hub cannot be
     reached (or offline=True) only the offline tasks, plus the user's --custom-json file.
     synthetic_size: examples per synthetic task (a tenth of it for the val split).
     Returns (TaskMixture, list of task names)."""
@@ -51,7 +56,7 @@ def build_mixture(stage, split, offline=False, synthetic_size=1000, custom_json=
             if announce:
                 print0(f"note: hub tasks unavailable ({str(e).split(';')[0]}); training on the offline tasks only")
     size = synthetic_size if split == "train" else max(1, synthetic_size // 10)
-    for name, share in OFFLINE_TASKS:
+    for name, share in OFFLINE_TASKS_BY_STAGE[stage]:
         tasks.append(get_task(name, task_split, size=max(1, int(size * share))))
         names.append(name)
     if custom_json:

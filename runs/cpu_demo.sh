@@ -57,7 +57,7 @@ stage "SFT: supervised finetuning on conversations"
 python -m scripts.chat_sft --offline --model-tag $TAG --synthetic-size 2000 --device-batch-size 16 \
     --target-examples-per-step 16 --num-iterations 100 --eval-every 50 --eval-steps 8
 
-EVAL_TASKS="SpellingBee|SimpleSpelling|Arithmetic|TwoStepArithmetic"
+EVAL_TASKS="SpellingBee|SimpleSpelling|Arithmetic|TwoStepArithmetic|Refusal"
 stage "chat evaluation: held-out spelling, letter counting and arithmetic, base vs mid vs SFT"
 for src in base mid sft; do
     python -m scripts.chat_eval -i $src -g $TAG -a "$EVAL_TASKS" -x 50 -m 128

@@ -4,7 +4,7 @@ Chat evaluation: accuracy of a chat model on the task suite, and ChatCORE.
 Pipeline position: after midtraining / SFT / RL; loads a checkpoint of the stage given by -i and
 runs nanochat/task_eval.py on each task: letter logits for multiple choice (ARC, MMLU), sampled
 replies checked by the task for the rest (GSM8K, HumanEval in a sandbox, SpellingBee,
-SimpleSpelling, Arithmetic, TwoStepArithmetic). Hub tasks that cannot be loaded offline are skipped with one line
+SimpleSpelling, Arithmetic, TwoStepArithmetic, Refusal). Hub tasks that cannot be loaded offline are skipped with one line
 each. Prints a table and ChatCORE (mean centered accuracy over the tasks that ran), and logs them
 to the report when nanochat.report is present.
 

@@ -53,7 +53,7 @@ def add_finetune_args(p, stage):
     p.add_argument("--offline", action="store_true", help="never contact the hub: train on the offline tasks only")
     p.add_argument("--custom-json", type=str, default=None, help="add your own conversations (JSONL) to the mixture")
     p.add_argument("--synthetic-size", type=int_range(1, 10**7), default=1000,
-                   help="examples per synthetic task (Identity, SpellingBee, SimpleSpelling, Arithmetic)")
+                   help="examples per synthetic task (Identity, SpellingBee, SimpleSpelling, Arithmetic; SFT adds Refusal)")
     p.add_argument("--max-seq-len", type=int_range(2, CONFIG_LIMITS["sequence_len"], special=(-1,)), default=-1, help="row length in tokens (-1: the model's context)")
     p.add_argument("--num-iterations", type=int_range(1, 10**9, special=(-1,)), default=-1, help="optimizer steps (-1: one epoch of the mixture)")
     # optimizer

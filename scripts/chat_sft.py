@@ -12,8 +12,10 @@ The training loop is the one midtraining uses, in scripts/chat_finetune.py; this
 flags that only SFT has.
 
 The default mixture is ARC-Easy + ARC-Challenge + GSM8K + SmolTalk from the Hugging Face hub plus
-the offline synthetic tasks (Identity, SpellingBee, SimpleSpelling, Arithmetic). Without a network
-(or with --offline) it trains on the offline tasks alone, plus --custom-json if you give one.
+the offline synthetic tasks (Identity, SpellingBee, SimpleSpelling, Arithmetic) and one family
+midtraining never sees: Refusal, declining what the model cannot do (browse, see pictures, send
+messages...), so that chat_eval's Refusal row shows what SFT taught. Without a network (or with
+--offline) it trains on the offline tasks alone, plus --custom-json if you give one.
 
 Examples:
     python -m scripts.chat_sft --offline --device-batch-size 8 --target-examples-per-step 32 --num-iterations 100

@@ -25,14 +25,29 @@ ROOT = repo_root()
 def test_example_prompts_are_real_training_prompts_of_every_offline_task():
     from nanochat_tasks import get_task
     from nanochat_tasks.examples import example_prompts
-    from nanochat_tasks.mixtures import OFFLINE_TASKS
+    from nanochat_tasks.mixtures import OFFLINE_TASKS_BY_STAGE
     examples = example_prompts()
-    assert [e["task"] for e in examples] == [name for name, _ in OFFLINE_TASKS]
+    assert [e["task"] for e in examples] == [name for name, _ in OFFLINE_TASKS_BY_STAGE["sft"]]
+    assert "Refusal" in [e["task"] for e in examples]  # the family only SFT trains is shown too
     for e in examples:
         first = get_task(e["task"], "train", size=1)[0]
         assert e["prompt"] in [m["content"] for m in first["messages"] if m["role"] == "user"]
         assert e["family"] and e["family"] != e["task"]  # every offline task has a learner's description
     assert examples[0]["prompt"] not in ("Hi!", "hello", "Hey there", "Good morning!")  # not a greeting
+
+
+def test_sft_trains_a_family_that_midtraining_does_not_and_chat_eval_scores_it(tiny_base_dir, capsys):
+    from nanochat_tasks.mixtures import build_mixture
+    from scripts import chat_eval
+    _, mid = build_mixture("mid", "train", offline=True, synthetic_size=8)
+    sft_mixture, sft = build_mixture("sft", "train", offline=True, synthetic_size=8)
+    assert "Refusal" in sft and "Refusal" not in mid and set(mid) < set(sft)
+    assert any(c.get("capability") for c in sft_mixture)  # its conversations are really in the mixture
+    assert "Refusal" in build_mixture("sft", "val", offline=True, synthetic_size=8)[1]
+    results, _ = chat_eval.main(["-i", "base", "-a", "Refusal", "-x", "3", "-m", "6"])
+    assert [(r.name, r.total) for r in results] == [("Refusal", 3)]
+    assert "Refusal" in capsys.readouterr().out
+    assert "Refusal" in re.search(r'^EVAL_TASKS="(.*)"$', open(os.path.join(ROOT, "runs", "cpu_demo.sh")).read(), re.M)[1]
 
 
 def test_chat_cli_lists_the_examples_in_help_but_not_with_p_or_piped_input(tiny_base_dir, capsys, monkeypatch):

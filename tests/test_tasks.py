@@ -27,6 +27,7 @@ from nanochat_tasks.customjson import CustomJSON
 from nanochat_tasks.spellingbee import SpellingBee, SimpleSpelling, load_words
 from nanochat_tasks.arithmetic import Arithmetic
 from nanochat_tasks.identity import Identity
+from nanochat_tasks.refusal import Refusal, request_split
 from nanochat_tasks.humaneval import HumanEval, extract_code
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "tasks")
@@ -417,6 +418,21 @@ def test_arithmetic_train_and_test_questions_are_disjoint_and_deterministic(leve
     assert Arithmetic(size=300, split="test", level=level)[123] == Arithmetic(size=300, split="test", level=level)[123]
 
 
+def test_refusal_test_requests_are_unseen_and_the_check_wants_the_right_capability():
+    train, test = Refusal(size=2000, split="train"), Refusal(size=200, split="test")
+    train_requests = {c["messages"][0]["content"] for c in train}
+    test_requests = [c["messages"][0]["content"] for c in test]
+    assert not train_requests & set(test_requests) and all(request_split(r) == "test" for r in test_requests)
+    assert len({c["capability"] for c in test}) >= 4  # several kinds of request are held out, not one
+    assert Refusal(size=200, split="test")[57] == test[57]
+    for conversation in list(test)[:50]:
+        reply = conversation["messages"][-1]["content"]
+        assert test.evaluate(conversation, reply) == 1 and test.evaluate(conversation, "  " + reply) == 1
+        others = [c for c in test if c["capability"] != conversation["capability"]]
+        assert test.evaluate(conversation, others[0]["messages"][-1]["content"]) == 0  # sorry, but for the wrong thing
+        assert test.evaluate(conversation, "I'm nanochat, a small language model.") == 0
+
+
 def test_identity_conversations_are_valid_varied_and_deterministic():
     task = Identity(size=300)
     conversations = list(task)
@@ -590,6 +606,7 @@ MASK_TASKS = {
     "Arithmetic": lambda: Arithmetic(size=20),
     "TwoStepArithmetic": lambda: Arithmetic(size=20, level=2),
     "Identity": lambda: Identity(size=20),
+    "Refusal": lambda: Refusal(size=20),
     "CustomJSON": lambda: CustomJSON(os.path.join(FIXTURES, "custom", "conversations.jsonl")),
 }
 
