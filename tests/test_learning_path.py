@@ -166,6 +166,28 @@ def test_an_rl_run_is_recognised_without_a_meta_and_its_summary_shows_rewards(tm
     assert "no validation bpb" not in out and "mean reward" in out.split("Progress")[1]
 
 
+def drawn_panels(histories, tmp_path, monkeypatch):
+    """{panel title: number of lines drawn} of the dashboard figure of these runs."""
+    from tools.lib import metrics as mx, plotting
+    figures = []
+    real_save = plotting.save_figure
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path: figures.append(fig) or real_save(fig, path))
+    assert os.path.exists(mx.plot_runs(histories, str(tmp_path / "run.png")))
+    return {ax.get_title(): len(ax.get_lines()) for ax in figures[0].axes}
+
+
+def test_the_dashboard_plots_an_rl_run_by_its_rewards_with_no_empty_panel(tmp_path, monkeypatch):
+    records = rl_records([0.1 * (i % 5) for i in range(12)], reply_tokens=40.0)
+    records[-1]["heldout_reward"] = 0.4
+    panels = drawn_panels([history_of(records, "rl")], tmp_path, monkeypatch)
+    assert len(panels) == 4 and all(n > 0 for n in panels.values()), panels
+    assert panels["Mean reward"] == 3  # raw, smoothed and the held-out points
+    assert "Train loss" not in panels and "Throughput" not in panels
+    # a base run keeps its loss panels, and one without val bpb or throughput says so instead of drawing
+    base = drawn_panels([history_of(losses([6.0, 5.0, 4.5, 4.0]), "base")], tmp_path, monkeypatch)
+    assert base["Train loss"] == 2 and base["Validation bits per byte"] == 0 and base["Throughput"] == 0
+
+
 def test_an_inf_val_bpb_beside_finite_train_losses_is_not_called_a_divergence():
     records = losses([6.2] + [4.0] * 20)
     records[4]["val_bpb"] = float("inf")

@@ -497,44 +497,74 @@ def diagnose(history):
 # -----------------------------------------------------------------------------
 # plot
 
+# the panels of the dashboard figure: (title, y label, what to say when no run has the data, lines)
+# with lines (key, how): "raw" (thin), "smoothed" (debiased EMA), "line", "points" (sparse
+# measurements), "points-best-low" (the same, with the lowest value marked)
+SUPERVISED_PANELS = [
+    ("Train loss", "loss (nats/token)", "no train loss logged (upstream metas have none)",
+     [("train_loss", "raw"), ("train_loss", "smoothed")]),
+    ("Validation bits per byte", "val bpb", "no val bpb measured", [("val_bpb", "points-best-low")]),
+    ("Learning-rate multiplier", "LR x peak", "no LR logged (upstream metas have none)", [("lr", "line")]),
+    ("Throughput", "tokens / s", "no throughput logged (needs metrics.jsonl)",
+     [("tokens_per_sec", "raw"), ("tokens_per_sec", "smoothed")]),
+]
+# RL logs rewards, not a train loss, val bpb or throughput (scripts/chat_rl.py)
+RL_PANELS = [
+    ("Mean reward", "reward", "no reward logged",
+     [("reward_mean", "raw"), ("reward_mean", "smoothed"), ("heldout_reward", "points")]),
+    ("Policy-gradient loss", "loss", "no loss logged", [("loss", "raw"), ("loss", "smoothed")]),
+    ("Learning-rate multiplier", "LR x peak", "no LR logged", [("lr", "line")]),
+    ("Reply length", "tokens per reply", "no reply length logged",
+     [("reply_tokens", "raw"), ("reply_tokens", "smoothed")]),
+]
+LINE_NAMES = {"train_loss": "loss", "reward_mean": "train reward", "heldout_reward": "held-out reward"}
+
+
+def plot_panels(histories):
+    """The panels for these runs: the reward panels when every run is an RL run, else the loss panels."""
+    return RL_PANELS if all(h.stage == "rl" for h in histories) else SUPERVISED_PANELS
+
+
+def _plot_line(ax, h, key, how, x, c, label):
+    if key == "train_loss" and how == "smoothed":
+        xs, ys = h.smoothed_loss(x)  # recomputed, or loop_state's when only metas exist
+    else:
+        xs, ys = h.series(key, x)
+        if how == "smoothed":
+            ys = smooth(ys)
+    if not ys:
+        return
+    name = LINE_NAMES.get(key, "")
+    if how == "raw":
+        ax.plot(xs, ys, color=c, alpha=0.3, linewidth=1, label=f"{label}raw {name}".rstrip())
+    elif how == "smoothed":
+        ax.plot(xs, ys, color=c, linewidth=2, label=f"{label}smoothed {name} (debiased EMA {SMOOTH_BETA})".replace("  ", " "))
+    elif how == "line":
+        ax.plot(xs, ys, color=c, linewidth=2, label=h.name)
+    else:
+        ax.plot(xs, ys, color=c, marker="o", markersize=4, label=f"{label}{name}" if name else h.name)
+        good = [(v, xv) for xv, v in zip(xs, ys) if finite(v)]
+        if how == "points-best-low" and good:
+            best = min(good)
+            ax.annotate(f"best {best[0]:.4f}", (best[1], best[0]), textcoords="offset points",
+                        xytext=(-4, 8), ha="right", fontsize=8, color=c)
+
+
 def plot_runs(histories, output, x="step"):
-    """The dashboard figure for one or more runs (overlaid): loss raw + smoothed, val bpb, LR
-    schedule, tokens/s. Panels without data say what is missing. Returns the PNG path."""
+    """The dashboard figure for one or more runs (overlaid), four panels (plot_panels): for base, mid
+    and SFT runs loss raw + smoothed, val bpb, LR schedule, tokens/s; for RL runs the mean reward
+    (with the held-out reward), the policy-gradient loss, the LR and the reply length. Panels
+    without data say what is missing. Returns the PNG path."""
     from tools.lib import plotting
     xlabel = X_AXES[x][1]
     title = histories[0].name if len(histories) == 1 else " vs ".join(h.name for h in histories)
     fig, axes = plotting.new_figure(2, 2, width=12, height=8, title=f"Training run: {title}")
-    ax_loss, ax_val, ax_lr, ax_tps = axes[0][0], axes[0][1], axes[1][0], axes[1][1]
     single = len(histories) == 1
-    for i, h in enumerate(histories):
-        c = plotting.color(i)
-        label = "" if single else f"{h.name}: "
-        xs, ys = h.series("train_loss", x)
-        if ys:
-            ax_loss.plot(xs, ys, color=c, alpha=0.3, linewidth=1, label=f"{label}raw")
-        sx, sy = h.smoothed_loss(x)
-        if sy:
-            ax_loss.plot(sx, sy, color=c, linewidth=2, label=f"{label}smoothed (debiased EMA {SMOOTH_BETA})")
-        vx, vy = h.series("val_bpb", x)
-        if vy:
-            ax_val.plot(vx, vy, color=c, marker="o", markersize=4, label=f"{h.name}")
-            best = min((v, xv) for xv, v in zip(vx, vy) if finite(v)) if any(finite(v) for v in vy) else None
-            if best:
-                ax_val.annotate(f"best {best[0]:.4f}", (best[1], best[0]), textcoords="offset points",
-                                xytext=(-4, 8), ha="right", fontsize=8, color=c)
-        lx, ly = h.series("lr", x)
-        if ly:
-            ax_lr.plot(lx, ly, color=c, linewidth=2, label=h.name)
-        tx, ty = h.series("tokens_per_sec", x)
-        if ty:
-            ax_tps.plot(tx, ty, color=c, alpha=0.4, linewidth=1)
-            ax_tps.plot(tx, smooth(ty), color=c, linewidth=2, label=h.name)
-    panels = [(ax_loss, "train_loss", "Train loss", "loss (nats/token)", "no train loss logged (upstream metas have none)"),
-              (ax_val, "val_bpb", "Validation bits per byte", "val bpb", "no val bpb measured"),
-              (ax_lr, "lr", "Learning-rate multiplier", "LR x peak", "no LR logged (upstream metas have none)"),
-              (ax_tps, "tokens_per_sec", "Throughput", "tokens / s", "no throughput logged (needs metrics.jsonl)")]
-    for ax, key, ptitle, ylabel, why in panels:
-        has_data = any(h.has(key) or (key == "train_loss" and h.smooth_from_log) for h in histories)
+    for ax, (ptitle, ylabel, why, lines) in zip([axes[0][0], axes[0][1], axes[1][0], axes[1][1]], plot_panels(histories)):
+        for i, h in enumerate(histories):
+            for key, how in lines:
+                _plot_line(ax, h, key, how, x, plotting.color(i), "" if single else f"{h.name}: ")
+        has_data = any(h.has(key) or (key == "train_loss" and h.smooth_from_log) for h in histories for key, _ in lines)
         if has_data:
             plotting.style_axes(ax, title=ptitle, xlabel=xlabel, ylabel=ylabel, legend=True)
         else:
