@@ -30,7 +30,8 @@ import hashlib
 
 import torch
 
-from nanochat.common import get_base_dir, use_base_dir, UserError, print0, load_torch_file, nonneg_int
+from nanochat.common import get_base_dir, use_base_dir, UserError, print0, load_torch_file, nonneg_int, \
+    files_written_together, write_text_atomically
 
 STAGE_DIRS = {
     "base": "base_checkpoints",
@@ -138,23 +139,6 @@ def optim_path(ckpt_dir, step, rank=0):
 # -----------------------------------------------------------------------------
 # saving
 
-def _write_text(text, path):
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _atomic_write_text(text, path):
-    tmp = path + ".tmp"
-    try:
-        _write_text(text, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def sha256_of(path):
     """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
@@ -217,30 +201,26 @@ def save_checkpoint(ckpt_dir, step, model_state, optim_state, meta, rank=0):
     crash leaves no fake checkpoint, and a save that fails part way (disk full, no permission)
     removes what it wrote and leaves every earlier file, an older save of this step included, as it
     was. Rank 0 adds to the meta its run's `run_id` and the sha256 of the files it wrote."""
-    files = []  # (final path, temporary path)
     try:
         os.makedirs(ckpt_dir, exist_ok=True)
-        for state, path in ((optim_state, optim_path(ckpt_dir, step, rank)),
-                            (model_state if rank == 0 else None, model_path(ckpt_dir, step))):
-            if state is not None:
-                files.append((path, path + ".tmp"))
-                _torch_save(state, files[-1][1])
-        if rank == 0:
-            meta = dict(meta, run_id=meta.get("run_id") or run_id_before(ckpt_dir, step),
-                        sha256={os.path.basename(path): sha256_of(tmp) for path, tmp in files})
-            path = meta_path(ckpt_dir, step)
-            files.append((path, path + ".tmp"))
-            _write_text(json.dumps(meta, indent=2, default=str), files[-1][1])
-            if os.path.exists(path):
-                os.remove(path)  # an older save of this step stops counting until the new one is whole
-        for path, tmp in files:
-            os.replace(tmp, path)
-    except BaseException as e:
-        for _, tmp in files:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        if not isinstance(e, OSError):
-            raise
+        with files_written_together() as new:
+            written = {}  # final path: temporary path
+            for state, path in ((optim_state, optim_path(ckpt_dir, step, rank)),
+                                (model_state if rank == 0 else None, model_path(ckpt_dir, step))):
+                if state is not None:
+                    written[path] = new(path)
+                    _torch_save(state, written[path])
+            if rank == 0:
+                meta = dict(meta, run_id=meta.get("run_id") or run_id_before(ckpt_dir, step),
+                            sha256={os.path.basename(path): sha256_of(tmp) for path, tmp in written.items()})
+                path = meta_path(ckpt_dir, step)
+                with open(new(path), "w", encoding="utf-8") as f:
+                    f.write(json.dumps(meta, indent=2, default=str))
+                    f.flush()
+                    os.fsync(f.fileno())
+                if os.path.exists(path):
+                    os.remove(path)  # an older save of this step stops counting until the new one is whole
+    except OSError as e:
         raise UserError(f"cannot save step {step} in {ckpt_dir} ({e.strerror or e}); nothing of this save was kept and the "
                         f"earlier checkpoints are as they were: free some disk space or fix the folder's "
                         f"permissions, then resume from the last checkpoint") from e
@@ -552,4 +532,4 @@ def truncate_metrics(ckpt_dir, last_step):
     if not os.path.exists(path):
         return
     kept = [r for r in read_metrics(ckpt_dir) if r.get("step", 0) <= last_step]
-    _atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), path)
+    write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in kept))

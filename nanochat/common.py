@@ -7,6 +7,7 @@ Nothing here knows about models or data; it sits underneath every script in scri
 """
 
 import gc
+import contextlib
 import os
 import math
 import re
@@ -212,6 +213,44 @@ def _numpy_array_globals():
     import numpy as np
     core = getattr(np, "_core", None) or np.core
     return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+@contextlib.contextmanager
+def files_written_together():
+    """Write several files so that they appear together or not at all (checkpoints, the tokenizer,
+    the report card). Inside the block, `tmp = new(path)` gives the temporary name to write instead
+    of `path`; when the block ends, every file is renamed into place in the order given (put the one
+    that marks a save complete last). If the block raises, every temporary file is removed and the
+    old files stay as they were:
+
+        with files_written_together() as new:
+            with open(new(path), "w") as f:
+                f.write(text)
+    """
+    written = []
+
+    def new(path):
+        written.append((path, f"{path}.tmp-{os.getpid()}"))
+        return written[-1][1]
+
+    try:
+        yield new
+        for path, tmp in written:
+            os.replace(tmp, path)
+    except BaseException:
+        for _, tmp in written:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise
+
+
+def write_text_atomically(path, text):
+    """Replace a text file in one step: a crash leaves the old file or the new one, never half."""
+    with files_written_together() as new:
+        with open(new(path), "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def load_torch_file(path, device="cpu"):
@@ -489,11 +528,8 @@ def cpu_peak_flops(remeasure=None):
                                        f"{REMEASURE_PEAK_ENV}=1 measures it again)")
     flops = measure_cpu_matmul_flops()
     known[key] = {"flops": flops, "date": time.strftime("%Y-%m-%d")}
-    tmp = f"{path}.{os.getpid()}.tmp"  # several ranks may write at once: each replaces it whole
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(known, f, indent=1)
-        os.replace(tmp, path)
+        write_text_atomically(path, json.dumps(known, indent=1))  # several ranks may write: each replaces it whole
     except OSError:
         pass  # a read-only base dir: measure again next time
     return flops, f"CPU fp32 matmul peak measured now ({threads}, best of 5 windows)"

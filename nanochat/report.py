@@ -27,7 +27,8 @@ import datetime
 import platform
 import subprocess
 
-from nanochat.common import get_base_dir, repo_root, run_main, UserError, format_duration, ArgumentParser, cpu_name
+from nanochat.common import get_base_dir, repo_root, run_main, UserError, format_duration, ArgumentParser, cpu_name, \
+    write_text_atomically
 
 REPORT_DIR_NAME = "report"
 BASE_EVAL_SECTION = "Base model evaluation"
@@ -101,13 +102,6 @@ def render_data(data):
             out.extend([str(item), ""])
         i += 1
     return "\n".join(out)
-
-
-def _atomic_write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # -----------------------------------------------------------------------------
@@ -188,10 +182,10 @@ class Report:
         stamp = datetime.datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M:%S")
         slug = slugify(section)
         md = f"## {section}\n\nlogged {stamp}\n\n{render_data(data)}"
-        _atomic_write(self._path(slug + ".json"), json.dumps({"section": section, "time": now, "data": data},
+        write_text_atomically(self._path(slug + ".json"), json.dumps({"section": section, "time": now, "data": data},
                                                               indent=1, default=str))
         path = self._path(slug + ".md")
-        _atomic_write(path, md.rstrip() + "\n")
+        write_text_atomically(path, md.rstrip() + "\n")
         return path
 
     def reset(self):
@@ -201,8 +195,8 @@ class Report:
                 if name.endswith((".md", ".json")) and name != "report.md":
                     os.remove(os.path.join(self.report_dir, name))
         now = time.time()
-        _atomic_write(self._path("header.json"), json.dumps({"start_time": now}))
-        _atomic_write(self._path("header.md"), self._header_md(now))
+        write_text_atomically(self._path("header.json"), json.dumps({"start_time": now}))
+        write_text_atomically(self._path("header.md"), self._header_md(now))
         return self.report_dir
 
     def _header_md(self, start_time=None):
@@ -287,7 +281,7 @@ class Report:
                          f"`python -m nanochat.report reset` at the start of a run records it)")
         parts.append(f"\nGenerated {datetime.datetime.now():%Y-%m-%d %H:%M:%S}")
         path = self._path("report.md")
-        _atomic_write(path, "\n".join(parts) + "\n")
+        write_text_atomically(path, "\n".join(parts) + "\n")
         if copy_to_cwd:
             dest = os.path.join(os.getcwd(), "report.md")
             if os.path.abspath(dest) != os.path.abspath(path):

@@ -33,7 +33,7 @@ import pickle
 from collections import Counter
 from functools import lru_cache
 
-from nanochat.common import UserError, get_base_dir, print0
+from nanochat.common import UserError, get_base_dir, print0, files_written_together
 
 # GPT-4's split pattern, except numbers are cut into groups of at most 2 digits (GPT-4 uses 3).
 # A small vocabulary cannot afford 1000 three-digit number tokens; 100 two-digit ones are plenty.
@@ -62,21 +62,14 @@ _RETRAIN = "train a new one with: python -m scripts.tok_train"
 
 
 def _atomic_write_files(files):
-    """Write {path: bytes} to temporary names next to each path, then rename them all into place:
-    a crash never leaves half a file, and a failed write (disk full, no permission) leaves every old
-    file as it was and no temporary file."""
-    written = []
+    """Write {path: bytes} so that all of them appear or none does; a failed write (disk full, no
+    permission) leaves every old file as it was and no temporary file."""
     try:
-        for path, data in files.items():
-            written.append((f"{path}.tmp-{os.getpid()}", path))
-            with open(written[-1][0], "wb") as f:
-                f.write(data)
-        for tmp, path in written:
-            os.replace(tmp, path)
+        with files_written_together() as new:
+            for path, data in files.items():
+                with open(new(path), "wb") as f:
+                    f.write(data)
     except OSError as e:
-        for tmp, _ in written:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         raise UserError(f"cannot write {', '.join(files)} ({e.strerror or e}); the old files are as they were: "
                         "free some disk space or fix the folder's permissions and try again") from e
 

@@ -129,7 +129,7 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted_run(tiny_run, tmp_pa
             ready = wait_until(pid, lambda: "step 0" in read(log))
             time.sleep(rng.uniform(0.0, 3 * step_time))
         else:  # inside a save: one of its temporary files is being written or renamed
-            ready = wait_until(pid, lambda: glob.glob(os.path.join(killed_dir, "*.tmp")))
+            ready = wait_until(pid, lambda: glob.glob(os.path.join(killed_dir, "*.tmp*")))
             time.sleep(rng.uniform(0.0, 0.01))
         if ready is not True:  # the child exited on its own before the moment came
             assert os.WIFEXITED(ready) and os.WEXITSTATUS(ready) == 0, read(log)
