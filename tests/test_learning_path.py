@@ -271,17 +271,48 @@ def test_the_nanochat_tiny_preset_is_the_demos_model():
     with torch.device("meta"):
         model = GPT(demo)
     assert mc.total_params(preset) == model.num_params() and mc.flops_per_token(preset) == model.estimate_flops()
+    # and the batch the demo trains with, which the calculator's memory and steps use
+    from test_runs import _commands
+    from scripts import base_train
+    demo_args = base_train.parse_args(dict(_commands("cpu_demo.sh"))["scripts.base_train"])
+    assert mc.PRESETS["nanochat-tiny"]["device_batch_size"] == demo_args.device_batch_size
+    assert mc.PRESETS["nanochat-tiny"]["total_batch_size"] == demo_args.total_batch_size
+
+
+def test_model_calculator_preset_uses_the_demos_batch(capsys):
+    from tools import model_calculator
+    from tools.lib import model_calc as mc
+    preset = mc.PRESETS["nanochat-tiny"]
+    assert run_entry(model_calculator.main, ["--preset", "nanochat-tiny", "--gpu", "H100", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["device_batch_size"] == preset["device_batch_size"]
+    assert r["plan"]["tokens_per_step"] == preset["total_batch_size"]
+    # the flag still wins
+    assert run_entry(model_calculator.main, ["--preset", "nanochat-tiny", "--batch-size", "3", "--gpu", "H100", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["device_batch_size"] == 3
 
 
 def test_model_calculator_reads_a_trained_checkpoint(tiny_base_dir, capsys):
     from tools import model_calculator
     meta = cm.read_meta(cm.checkpoint_dir("base", "d2"), 12)
-    for argv in (["--from-checkpoint"], ["--model-tag", "d2", "--step", "12"]):
+    for argv in (["--from-checkpoint"], ["--model-tag", "d2", "--step", "12"], ["--from-checkpoint", "d2"],
+                 ["--from-checkpoint", "base/d2:12"]):
         assert run_entry(model_calculator.main, argv + ["--gpu", "H100", "--json"]) == 0
         r = json.loads(capsys.readouterr().out)
         assert r["config"] == meta["model_config"] and r["check"]["equal"]
         assert r["checkpoint"]["model_tag"] == "d2" and r["checkpoint"]["step"] == 12
         assert r["plan"]["tokens_per_step"] == meta["total_batch_size"]
+        assert r["device_batch_size"] == meta["device_batch_size"]  # the batch it trained with, not the default
+    meta8 = cm.read_meta(cm.checkpoint_dir("base", "d2"), 8)
+    assert run_entry(model_calculator.main, ["--from-checkpoint", "d2:8"]) == 0
+    out = capsys.readouterr().out
+    assert "base/d2 step 8" in out and f"device batch {meta8['device_batch_size']} (from the checkpoint's meta" in out
+    # a bad address: one line that says what exists, exit 2
+    for bad, says in (("d9", "unknown model tag 'd9'"), ("d2:7", "no step 7"), ("moon/d2", "unknown stage 'moon'"),
+                      ("a:b:c", "cannot read the checkpoint name")):
+        assert run_entry(model_calculator.main, ["--from-checkpoint", bad]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1 and says in err and "Traceback" not in err, (bad, err)
     assert run_entry(model_calculator.main, ["--model-tag", "d2", "--depth", "4"]) == 2
     assert "leave out --depth" in capsys.readouterr().err
 

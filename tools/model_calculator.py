@@ -14,17 +14,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import json
 from dataclasses import asdict
 
-from nanochat.common import (run_main, UserError, GPU_PEAK_FLOPS, format_duration, add_device_arg, int_range,
+from nanochat.common import (run_main, UserError, use_base_dir, GPU_PEAK_FLOPS, format_duration, add_device_arg, int_range,
                              float_range, nonneg_float)
 from nanochat.gpt import CONFIG_LIMITS
 from nanochat import checkpoint_manager as cm
 from tools.lib import termui as ui
 from tools.lib import model_calc as mc
 
+DEFAULT_DEVICE_BATCH = 32  # rows per device when neither the flag, a checkpoint nor a preset says
+
 EXAMPLES = [
     "python tools/model_calculator.py --preset d20",
     "python tools/model_calculator.py --preset nanochat-tiny                      # the CPU demo's model",
-    "python tools/model_calculator.py --from-checkpoint --model-tag d4            # a model you trained",
+    "python tools/model_calculator.py --from-checkpoint d4                        # a model you trained",
+    "python tools/model_calculator.py --from-checkpoint sft/d4:100                # one checkpoint of a stage",
     "python tools/model_calculator.py --depth 12 --hidden-dim 768 --vocab-size 32768",
     "python tools/model_calculator.py --preset d20 --batch-size 32 --seq-len 2048 --total-tokens 20e9 --gpu H100 --num-gpus 8",
     "python tools/model_calculator.py --depth 2 --vocab-size 512 --seq-len 64 --batch-size 4 --measure",
@@ -44,7 +47,8 @@ def parse_args(argv):
     p.add_argument("--vocab-size", type=int_range(1, CONFIG_LIMITS["vocab_size"]), help="vocabulary size (default 32768)")
     p.add_argument("--seq-len", type=int_range(2, CONFIG_LIMITS["sequence_len"]), help="context length (default 2048)")
     p.add_argument("--window-pattern", type=str, help="per-layer windows like SSSL (default SSSL)")
-    p.add_argument("--batch-size", type=int_range(1, 65536), default=32, help="rows per device per step (device batch size)")
+    p.add_argument("--batch-size", type=int_range(1, 65536), default=None,
+                   help="rows per device per step (device batch size; default: the checkpoint's or preset's, else 32)")
     p.add_argument("--total-batch-size", type=int_range(1, 2**40), help="tokens per optimizer step (default batch x seq x GPUs)")
     p.add_argument("--total-tokens", type=float_range(0, 1e30, low_open=True), help="training tokens (default: --param-data-ratio x scaling params)")
     p.add_argument("--param-data-ratio", type=float_range(0, 1e6, low_open=True), default=20.0, help="tokens per scaling parameter (Chinchilla 20)")
@@ -56,37 +60,56 @@ def parse_args(argv):
     p.add_argument("--measure", action="store_true", help="run a few real training steps here: predicted vs measured")
     p.add_argument("--measure-steps", type=int_range(1, 1000), default=3, help="how many real training steps --measure runs")
     add_device_arg(p)  # for --measure
-    g = p.add_argument_group("a trained model", "take the shape from a checkpoint's meta (model_config) instead of "
-                             "--preset/--depth; --model-tag, --step or --source alone imply --from-checkpoint")
-    g.add_argument("--from-checkpoint", action="store_true", help="the checkpoint the flags below name (default: the "
-                   "latest of the largest base model)")
+    g = p.add_argument_group("a trained model", "take the shape, the device batch size and the tokens per step "
+                             "from a checkpoint's meta instead of --preset/--depth; --model-tag, --step or --source "
+                             "alone imply --from-checkpoint")
+    g.add_argument("--from-checkpoint", nargs="?", const="", default=None, metavar="[STAGE/]TAG[:STEP]",
+                   help="the checkpoint to describe, e.g. d4, sft/d4, d4:200 (without a name: the flags below, "
+                        "default the latest of the largest base model)")
     cm.add_checkpoint_args(g, "base", short=False)
     p.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = p.parse_args(argv)
-    args.from_checkpoint = (args.from_checkpoint or args.model_tag is not None or args.step is not None
-                            or args.source != "base")
+    if args.from_checkpoint is None and (args.model_tag is not None or args.step is not None or args.source != "base"):
+        args.from_checkpoint = ""  # the address flags alone name the checkpoint
     shape = [flag for flag, value in (("--preset", args.preset), ("--depth", args.depth), ("--hidden-dim", args.hidden_dim),
              ("--head-dim", args.head_dim), ("--n-kv-head", args.n_kv_head), ("--vocab-size", args.vocab_size),
              ("--seq-len", args.seq_len), ("--window-pattern", args.window_pattern)) if value is not None]
-    if args.from_checkpoint and shape:
+    if args.from_checkpoint is not None and shape:
         raise UserError(f"the checkpoint fixes the model's shape: leave out {', '.join(shape)}, or describe a new "
                         "model without --from-checkpoint/--model-tag/--step/--source")
-    if args.preset is None and args.depth is None and not args.from_checkpoint:
+    if args.preset is None and args.depth is None and args.from_checkpoint is None:
         raise UserError("give --preset NAME, --depth N or --from-checkpoint (see --help)")
     return args
 
 
 def compute(args):
-    checkpoint, run_batch = None, None
-    if args.from_checkpoint:
-        source, cdir, tag, step = cm.checkpoint_from_args(args)
+    checkpoint, run_batch, run_device_batch, batch_from = None, None, None, None
+    if args.from_checkpoint is not None:
+        if args.from_checkpoint:  # one word [STAGE/]TAG[:STEP], read by the one resolver every tool uses
+            if args.base_dir:
+                use_base_dir(args.base_dir)
+            source, cdir, tag, step = cm.resolve_address(args.from_checkpoint, args.source, step=args.step)
+        else:
+            source, cdir, tag, step = cm.checkpoint_from_args(args)
         config = cm.checkpoint_model_config(cdir, step)  # the meta's model_config, checked against the weights' shapes
         meta = cm.read_meta(cdir, step)
-        run_batch = meta.get("total_batch_size") or (meta.get("user_config") or {}).get("total_batch_size")
+        user = meta.get("user_config") or {}
+        run_batch = meta.get("total_batch_size") or user.get("total_batch_size")
+        run_device_batch = meta.get("device_batch_size") or user.get("device_batch_size")
         checkpoint = {"source": source, "model_tag": tag, "step": step, "path": cdir}
+        batch_from = f"the checkpoint's meta ({source}/{tag} step {step})"
     else:
         config = mc.build_config(args.preset, args.depth, args.hidden_dim, args.vocab_size, args.seq_len,
                                  args.head_dim, args.n_kv_head, args.window_pattern, args.aspect_ratio)
+        if args.preset:  # a preset that names a run (the CPU demo's) brings that run's batch too
+            run_batch = mc.PRESETS[args.preset].get("total_batch_size")
+            run_device_batch = mc.PRESETS[args.preset].get("device_batch_size")
+            batch_from = f"the preset {args.preset}"
+    if args.batch_size is None:
+        args.batch_size = run_device_batch or DEFAULT_DEVICE_BATCH
+        args.batch_from = batch_from if run_device_batch else "the default"
+    else:
+        args.batch_from = "--batch-size"
     tokens_per_step = args.total_batch_size or run_batch or args.batch_size * config.sequence_len * args.num_gpus
     peak = None
     if not args.gpu:
@@ -100,6 +123,8 @@ def compute(args):
     return {
         "checkpoint": checkpoint,
         "config": config.to_dict(),
+        "device_batch_size": args.batch_size,
+        "device_batch_size_from": args.batch_from,
         "params": mc.param_counts(config),
         "total_params": mc.total_params(config),
         "scaling_params": mc.scaling_params(config),
@@ -137,7 +162,7 @@ def print_report(r, args):
     m = r["memory"]
     print(ui.key_values([("weights fp32", ui.fmt_bytes(m["weights_fp32"])), ("weights bf16", ui.fmt_bytes(m["weights_bf16"]))]))
     where = "bf16 activations (GPU)" if args.gpu else "fp32 activations (CPU)"
-    print(f"  training at device batch {args.batch_size} x {cfg['sequence_len']} tokens, {where}:")
+    print(f"  training at device batch {args.batch_size} (from {args.batch_from}) x {cfg['sequence_len']} tokens, {where}:")
     rows = [[k, ui.fmt_bytes(v)] for k, v in m["training"].items()] + [[ui.style("total", "bold"), ui.fmt_bytes(m["training_total"])]]
     print(ui.table(rows, align="<>", indent=4))
     print(ui.key_values([("KV cache per token", ui.fmt_bytes(m["kv_cache_per_token"])),

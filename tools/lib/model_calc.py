@@ -29,8 +29,9 @@ from nanochat.gpt import CONFIG_LIMITS
 # nanochat-tiny is the model runs/cpu_demo.sh trains (a test builds both and compares them).
 PRESETS = {
     "nanochat-tiny": dict(depth=4, vocab_size=4096, sequence_len=256, head_dim=64, window_pattern="L",
-                          note="the CPU demo's model (runs/cpu_demo.sh): 4 layers, dim 256, 4 heads, vocab 4,096, "
-                               "context 256"),
+                          device_batch_size=16, total_batch_size=4096,
+                          note="the CPU demo's model and batch (runs/cpu_demo.sh): 4 layers, dim 256, 4 heads of 64, "
+                               "vocab 4,096, context 256, device batch 16, 4,096 tokens per step"),
     "gpt2-small": dict(depth=12, n_embd=768, vocab_size=50257, sequence_len=1024, head_dim=64, window_pattern="L",
                        note="GPT-2 small's shape (12 layers, dim 768, 12 heads, GPT-2 vocab) in this architecture"),
     "d12": dict(depth=12, vocab_size=32768, sequence_len=2048, head_dim=128, window_pattern="SSSL", note="base_train --depth 12"),
@@ -55,7 +56,7 @@ def build_config(preset=None, depth=None, n_embd=None, vocab_size=None, sequence
     if preset:
         if preset not in PRESETS:
             raise UserError(f"unknown preset '{preset}': use one of {', '.join(PRESETS)}")
-        base = {k: v for k, v in PRESETS[preset].items() if k != "note"}
+        base = {k: v for k, v in PRESETS[preset].items() if k not in ("note", "device_batch_size", "total_batch_size")}
     depth = depth if depth is not None else base.get("depth")
     if depth is None:
         raise UserError("give --preset NAME or --depth N")
