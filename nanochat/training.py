@@ -13,6 +13,8 @@ the resume helper's replay steps with the same pieces.
 import os
 import time
 import random
+import statistics
+import collections
 
 import numpy as np
 import torch
@@ -260,23 +262,51 @@ class EMA:
         return self.value / (1 - self.beta ** self.count) if self.count else float("nan")
 
 
+class Eta:
+    """Time left, from the median duration of the last few steps.
+
+    The first step of a session is left out: it pays for warm-up (allocations, caches, compilation)
+    and can take many times a normal step, and an average over elapsed time would carry that, and
+    any moment the machine was busy, for the rest of the run. The median of the last `window`
+    steps follows the machine as it is now and ignores a single slow step. Until `settled` steps
+    are measured the estimate is shown as rough."""
+
+    def __init__(self, num_steps, window=10, settled=3):
+        self.num_steps, self.settled = num_steps, settled
+        self.dts = collections.deque(maxlen=window)
+        self.steps_seen = 0
+
+    def update(self, done, dt):
+        """Record the duration `dt` (s) of the step that brought the count to `done`; returns the
+        text for the progress line: 'eta 4m12s', 'eta ~4m12s (rough)' or 'eta after step N'."""
+        self.steps_seen += 1
+        if self.steps_seen > 1:  # the first step of the session is warm-up
+            self.dts.append(dt)
+        left = self.num_steps - done
+        if left <= 0:
+            return "eta 0s"
+        if not self.dts:
+            return f"eta after step {done + 1}"
+        seconds = left * statistics.median(self.dts)
+        if len(self.dts) < self.settled:
+            return f"eta ~{format_duration(seconds)} (rough)"
+        return f"eta {format_duration(seconds)}"
+
+
 class Progress:
-    """The live line: step, loss, LR, tokens/s, MFU and ETA, on rank 0."""
+    """The live line: step, loss, LR, tokens/s, MFU and ETA (class Eta), on rank 0."""
 
     def __init__(self, num_iterations, start_step=0):
         self.num_iterations = num_iterations
-        self.start_step = start_step
-        self.t0 = time.time()
+        self.eta = Eta(num_iterations)
 
     def line(self, step, loss, lr_mult, dt, tok_per_sec, mfu, extra=""):
+        """The line of the step just done; call it once per step (it feeds the ETA its dt)."""
         done = step + 1
-        elapsed = time.time() - self.t0
-        rate = (done - self.start_step) / max(elapsed, 1e-9)
-        eta = (self.num_iterations - done) / rate if rate > 0 else 0
         pct = 100 * done / self.num_iterations
         mfu_s = f" | mfu {mfu:5.1f}%" if mfu is not None else ""
         return (f"step {done:05d}/{self.num_iterations:05d} ({pct:5.1f}%) | loss {loss:.4f} | lr x{lr_mult:.3f} "
-                f"| dt {dt * 1000:6.0f}ms | tok/s {tok_per_sec:,.0f}{mfu_s} | eta {format_duration(eta)}{extra}")
+                f"| dt {dt * 1000:6.0f}ms | tok/s {tok_per_sec:,.0f}{mfu_s} | {self.eta.update(done, dt)}{extra}")
 
     def print(self, *args, **kwargs):
         print0(self.line(*args, **kwargs))

@@ -317,6 +317,20 @@ def test_model_calculator_reads_a_trained_checkpoint(tiny_base_dir, capsys):
     assert "leave out --depth" in capsys.readouterr().err
 
 
+def test_the_eta_leaves_out_the_first_slow_step_and_says_when_it_is_rough():
+    from nanochat import training as tr
+    from nanochat.common import format_duration
+    progress = tr.Progress(100)
+    dts = [60.0, 2.0, 2.0, 2.0, 50.0, 2.0]  # a slow warm-up step, then 2 s steps and one busy moment
+    etas = [progress.line(i, 3.0, 1.0, dt, 1000.0, None).split(" | ")[-1] for i, dt in enumerate(dts)]
+    assert etas[0] == "eta after step 2"  # nothing measured yet but the warm-up
+    assert etas[1] == f"eta ~{format_duration(98 * 2.0)} (rough)" and etas[2] == f"eta ~{format_duration(97 * 2.0)} (rough)"
+    assert etas[3] == f"eta {format_duration(96 * 2.0)}"
+    assert etas[4] == f"eta {format_duration(95 * 2.0)}" and etas[5] == f"eta {format_duration(94 * 2.0)}"  # the median
+    last = tr.Progress(2)
+    assert [last.line(i, 3.0, 1.0, 5.0, 1000.0, None).split(" | ")[-1] for i in range(2)] == ["eta after step 2", "eta 0s"]
+
+
 # -----------------------------------------------------------------------------
 # small lies
 
