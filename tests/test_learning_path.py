@@ -334,6 +334,26 @@ def test_the_eta_leaves_out_the_first_slow_step_and_says_when_it_is_rough():
 # -----------------------------------------------------------------------------
 # small lies
 
+def script_help(name, capsys):
+    import importlib
+    module = importlib.import_module(f"scripts.{name}")
+    assert run_entry(module.main, ["--help"]) == 0
+    return capsys.readouterr().out
+
+
+def test_the_readme_says_which_stages_take_the_device_and_model_tag_flags(capsys):
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    claim = text[text.index("Every stage takes `--help`."):].split("\n\n")[0]
+    assert "(base_train to chat_web) take" in claim and "the tokenizer stages\n(tok_train, tok_eval)" in claim
+    for name in ("base_train", "base_loss", "base_eval", "mid_train", "chat_sft", "chat_rl", "chat_eval", "chat_cli", "chat_web"):
+        out = script_help(name, capsys)
+        assert "--device-type" in out and "--model-tag" in out, name
+        assert ("--resume-from-step" in out) == (name in ("base_train", "mid_train", "chat_sft", "chat_rl")), name
+    for name in ("tok_train", "tok_eval"):
+        out = script_help(name, capsys)
+        assert "--device-type" not in out and "--model-tag" not in out, name
+
+
 def test_the_report_card_orders_sections_by_pipeline_stage(tmp_path):
     from nanochat.report import Report
     report = Report(str(tmp_path / "report"))
