@@ -246,13 +246,16 @@ def generation_view(model, tokenizer, chat, prompt, sampling, top_n, force):
     steps = gt.trace_generation(model, prompt_ids, sampling["max_tokens"], seed=sampling["seed"], top_n=top_n,
                                 force=force, stop_ids=gt.stop_ids_for(tokenizer, chat),
                                 engine=Engine(model, tokenizer), **filters)
+    from tools.lib.token_inspect import visible
     text = lambda t: tokenizer.decode([t])
     return {"prompt_ids": prompt_ids, "chat": chat, "filters": gt.describe_filters(**filters),
             "settings": {**filters, "seed": sampling["seed"], "max_tokens": sampling["max_tokens"]},
-            "steps": [{"index": s.index, "id": s.token_id, "text": text(s.token_id), "prob": s.prob,
+            "steps": [{"index": s.index, "id": s.token_id, "text": text(s.token_id), "shown": visible(text(s.token_id)),
+                       "prob": s.prob,
                        "raw_prob": s.raw_prob, "entropy": s.entropy, "raw_entropy": s.raw_entropy, "kept": s.kept,
                        "forced": s.forced, "tool": s.tool,
-                       "alternatives": [{"id": t, "text": text(t), "prob": p} for t, p in s.alternatives]}
+                       "alternatives": [{"id": t, "text": text(t), "shown": visible(text(t)), "prob": p}
+                                        for t, p in s.alternatives]}
                       for s in steps],
             "text": tokenizer.decode([s.token_id for s in steps]), "perplexity": gt.perplexity(steps)}
 
