@@ -243,9 +243,10 @@ def test_guide_paths_exist(guide):
     for path in sorted(set(PATH_RE.findall(markdown))):
         if any(re.fullmatch(r"[A-Z][A-Z_]*(\.\w+)?", part) for part in path.split("/")):
             continue  # a placeholder such as scripts/NAME.py
-        if path.startswith("tools/") and not path.startswith("tools/lib"):
+        if path.startswith("tools/") and not path.startswith(("tools/lib", "tools/lab")):
             # the tools are being written alongside the guides: the name must be one of the ten
-            # (their backends in tools/lib/ must exist, like every other path)
+            # (their backends in tools/lib/ must exist, like every other path, and so must the
+            # lab, tools/lab.py and its pages in tools/lab_pages/: the tools' page, not a tool)
             name = os.path.splitext(os.path.basename(path))[0]
             assert name in TEN_TOOLS, f"{guide} names {path}, which is not one of the ten tools"
         elif path.startswith("docs/") and os.path.basename(path) in NINE_GUIDES:
