@@ -257,7 +257,7 @@ def test_malformed_bodies_are_a_400_like_the_chat_api(client):
 # fuzzing: any JSON to any endpoint is answered without a 500
 
 FUZZ_EXAMPLES = 120
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
                            | st.text(max_size=30),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                            max_leaves=12)
@@ -315,3 +315,17 @@ def test_the_command_serves_the_lab_on_loopback(base, tmp_path):
         r = httpx.post(url + "/lab/api/forward", json={"checkpoint": "d2", "text": "hi"})
         assert r.status_code == 200 and r.json()["n_layer"] == 2
     assert "Traceback" not in (tmp_path / "lab.log").read_text()
+
+
+def test_generate_endpoint_marks_the_calculator_steps(client, model_and_tokenizer):
+    """Forcing a calculator call (<|python_start|>2+2<|python_end|>) makes the engine feed its result
+    in; those steps come back marked as the tool's, as the page outlines them."""
+    _, tokenizer = model_and_tokenizer
+    call = [tokenizer.encode_special("<|python_start|>"), *tokenizer.encode("2+2"), tokenizer.encode_special("<|python_end|>")]
+    force = [{"step": i, "token": t} for i, t in enumerate(call)]
+    d = client.post("/lab/api/generate", json={"checkpoint": "d2", "prompt": "x", "max_tokens": len(call) + 6,
+                                               "seed": 1, "force": force}).json()
+    tool = [s for s in d["steps"] if s["tool"]]
+    assert tool and all(s["index"] >= len(call) for s in tool)
+    assert "4" in tokenizer.decode([s["id"] for s in tool])
+    assert all(s["forced"] for s in d["steps"][:len(call)])
