@@ -226,6 +226,51 @@ def attention(q, k, v, q_pos0, window, pad=None):
     return y.transpose(1, 2)
 
 
+SOFTCAP = 15.0  # logits are squashed into (-15, 15) by SOFTCAP * tanh(logits / SOFTCAP)
+
+
+class SoftcapCrossEntropy(torch.autograd.Function):
+    """The training loss of the head, cross_entropy(SOFTCAP * tanh(x @ W.T / SOFTCAP), targets),
+    and its gradient, computed a chunk of rows at a time (used on CPU).
+
+    Why: the logits are (tokens, vocab), 4096 x 4096 in the CPU demo. Done the plain way, the
+    divide, tanh, multiply, log-softmax and their backward passes each sweep that 64 MB matrix
+    through memory, and together took longer than the head's matmuls. Here each chunk of rows is
+    small enough to stay in the CPU cache while its loss and gradient are worked out, and the
+    gradient of x and W is finished in the forward pass, so nothing of vocab size is kept for
+    backward. The result equals the plain way up to float rounding (tests/test_gpt.py); on a GPU
+    torch.compile fuses the plain way instead."""
+
+    @staticmethod
+    def forward(ctx, x, W, targets, chunk_rows=256):
+        # x: (N, C) final hidden states, W: (V, C) the head, targets: (N,) with -1 = no loss
+        grad_x, grad_W = torch.empty_like(x), torch.zeros_like(W)
+        total = x.new_zeros((), dtype=torch.float32)
+        for i in range(0, x.size(0), chunk_rows):
+            xc, yc = x[i:i + chunk_rows], targets[i:i + chunk_rows]
+            keep = (yc >= 0).unsqueeze(1)                             # rows that count
+            yc = yc.clamp(min=0).unsqueeze(1)
+            t = torch.tanh((xc @ W.t()).float() / SOFTCAP)            # (rows, V)
+            z = t * SOFTCAP                                           # the capped logits
+            lse = torch.logsumexp(z, dim=-1, keepdim=True)
+            total += ((lse - z.gather(1, yc)) * keep).sum()          # -log p(target)
+            p = torch.exp(z - lse)                                    # d loss / d z = softmax - one-hot,
+            p.scatter_add_(1, yc, torch.full_like(lse, -1.0))
+            p.mul_(keep).mul_(1 - t * t)                              # times d z / d logits = 1 - tanh^2
+            p = p.to(x.dtype)
+            grad_x[i:i + chunk_rows] = p @ W
+            grad_W.addmm_(p.t(), xc)
+        count = (targets >= 0).sum()
+        ctx.save_for_backward(grad_x, grad_W, count)
+        return total / count                                          # the mean over counted tokens
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_W, count = ctx.saved_tensors
+        scale = grad_loss / count
+        return grad_x * scale.to(grad_x.dtype), grad_W * scale.to(grad_W.dtype), None, None
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
@@ -487,9 +532,12 @@ class GPT(nn.Module):
         if self.config.backout:
             x = x - self.backout_lambda * x_mid
         x = norm(x)
+        if targets is not None and loss_reduction == "mean" and x.device.type == "cpu" and torch.is_grad_enabled():
+            # training on a CPU: the same loss as below, without sweeping the full logits through memory
+            W = self.lm_head.weight[:self.config.vocab_size]
+            return SoftcapCrossEntropy.apply(x.view(B * T, -1), W, targets.reshape(-1))
         logits = self.lm_head(x)[..., :self.config.vocab_size]  # drop the padding columns
-        softcap = 15.0
-        logits = softcap * torch.tanh(logits.float() / softcap)  # (B, T, vocab)
+        logits = SOFTCAP * torch.tanh(logits.float() / SOFTCAP)  # (B, T, vocab)
         if kv_cache is not None:
             kv_cache.advance(T)
         if targets is None:

@@ -3,13 +3,19 @@ away from the code.
 
 How a guide is run: the ```python blocks of one docs/*.md file are executed in order, in one shared
 namespace (a later block sees the names an earlier one defined), with a fixed seed, one torch
-thread, the working directory in a scratch folder, and NANOCHAT_BASE_DIR pointing at a private
-copy of the tiny training run of tests/conftest.py (a tokenizer with 512 tokens and a 2-layer
-base model, checkpoints at steps 4, 8 and 12), so a snippet can call get_tokenizer() or
-load_model("base", "cpu") and may even write checkpoints. A block fenced as ```python no-run is
+thread and the working directory in a scratch folder. A block fenced as ```python no-run is
 shown to the reader but not executed (commands that take minutes, GPU-only code). A guide fails
-when a block raises, and so when one of its `assert` lines fails: the guides pin their claims
-with asserts. Error messages name the guide and the Markdown line of the failing statement.
+when a block raises, and so when one of its `assert` lines fails (an assert in a guide states a
+claim the text makes). Error messages name the guide and the Markdown line of the failing statement.
+
+The guides run on the learner's own run: the one command that guide 01 and the README give,
+`bash runs/cpu_demo.sh --quick`. The slow test runs exactly that command into a temp base dir,
+then every guide on its output, and checks that the snippets changed nothing: not the run (its
+checkpoints and report card), not the repository, not the current folder (a snippet that writes
+uses tempfile.mkdtemp()). The snippets look up what they need (the run's tag, steps, flags), so
+they also run, fast, on the tiny training run of tests/conftest.py (a 512-token tokenizer and a
+2-layer base model); the fast test does that on a private copy. Checks that only pin what a guide
+says (a table of commands, the error messages) are tests here, not snippets.
 
 Guides are discovered by file name, so a new docs/NN-*.md is picked up without touching this file.
 
@@ -23,7 +29,10 @@ import re
 import shlex
 import random
 import shutil
+import hashlib
+import subprocess
 import traceback
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -169,6 +178,168 @@ def docs_env(tiny_run, tmp_path, monkeypatch):
 @pytest.mark.parametrize("guide", markdown_files())
 def test_guide_snippets_run_and_their_asserts_hold(guide, docs_env):
     run_markdown(os.path.join(DOCS, guide))
+
+
+# -----------------------------------------------------------------------------
+# the guides on the learner's own run: the quick path that guide 01 and the README tell them to run
+
+QUICK_COMMAND = ["bash", "runs/cpu_demo.sh", "--quick"]
+QUICK_TAG = "d4q"
+
+
+def git_status():
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def tree_hashes(root):
+    """{relative path: sha256} of every file under root."""
+    hashes = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                hashes[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return hashes
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """Runs exactly QUICK_COMMAND, as a learner would (the demo picks its own thread count), with
+    NANOCHAT_BASE_DIR in a temp dir; the repo's git status is taken before it."""
+    base = tmp_path_factory.mktemp("quick_base")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(NANOCHAT_BASE_DIR=str(base), NO_COLOR="1")
+    repo_before = git_status()
+    done = subprocess.run(QUICK_COMMAND, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return SimpleNamespace(base=base, returncode=done.returncode, stdout=done.stdout, stderr=done.stderr,
+                           repo_before=repo_before)
+
+
+@pytest.mark.slow
+def test_the_quick_path_reaches_a_chat_answer_and_writes_its_checkpoints(quick_run):
+    from nanochat import checkpoint_manager as cm
+    assert quick_run.returncode == 0, quick_run.stderr[-3000:]
+    out = quick_run.stdout
+    assert "=== talk to your model" in out and "=== quick demo done in" in out
+    answer = out.split("=== talk to your model", 1)[1].split("=== quick demo done in", 1)[0]
+    assert answer.strip() != "", "chat_cli printed no answer"
+    assert f"python -m scripts.chat_cli -i sft -g {QUICK_TAG}" in out and "bash runs/cpu_demo.sh" in out
+    for stage in ("base", "mid", "sft"):
+        folder = cm.checkpoint_dir(stage, QUICK_TAG, base_dir=str(quick_run.base))
+        steps = cm.list_complete_steps(folder)
+        assert steps and steps[-1] == cm.read_meta(folder, steps[-1])["num_iterations"], (stage, steps)
+        assert os.path.exists(os.path.join(folder, "metrics.jsonl"))
+    assert sorted(os.listdir(os.path.join(quick_run.base, "tokenizer"))) == [
+        "token_bytes.pt", "tokenizer.json", "tokenizer.tiktoken"]
+    assert git_status() == quick_run.repo_before  # the demo wrote nothing into the repo
+
+
+@pytest.mark.slow
+def test_every_guide_runs_in_order_on_the_quick_run_and_changes_nothing(quick_run, tmp_path, monkeypatch):
+    assert quick_run.returncode == 0, quick_run.stderr[-3000:]
+    run_before = tree_hashes(quick_run.base)        # the checkpoints and the report card
+    assert any(path.startswith("report" + os.sep) for path in run_before)
+    repo_before = git_status()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(quick_run.base))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(REPO)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(SEED)
+    random.seed(SEED)
+    try:
+        for guide in guide_files():
+            run_markdown(os.path.join(DOCS, guide))
+    finally:
+        torch.set_num_threads(threads)
+    assert os.listdir(work) == [], "a snippet left files in the current folder: use tempfile.mkdtemp()"
+    assert git_status() == repo_before, "a snippet changed the repository"
+    after = tree_hashes(quick_run.base)
+    changed = sorted(p for p in set(run_before) | set(after) if run_before.get(p) != after.get(p))
+    assert not changed, f"a snippet changed the learner's run: {changed[:10]}"
+
+
+def test_guide_01_and_the_readme_give_the_quick_command():
+    command = " ".join(QUICK_COMMAND)
+    for path in (os.path.join(DOCS, "01-introduction.md"), os.path.join(REPO, "README.md")):
+        with open(path, encoding="utf-8") as f:
+            assert command in f.read(), f"{os.path.basename(path)} does not give `{command}`"
+
+
+def test_the_demo_script_prints_usage_and_refuses_unknown_arguments():
+    help_ = subprocess.run(["bash", "runs/cpu_demo.sh", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert help_.returncode == 0 and help_.stdout.startswith("usage: bash runs/cpu_demo.sh [--quick]")
+    assert "--quick" in help_.stdout and QUICK_TAG in help_.stdout
+    bad = subprocess.run(["bash", "runs/cpu_demo.sh", "--quik"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: unknown argument '--quik'")
+
+
+# -----------------------------------------------------------------------------
+# what guide 08 says about the demo, the speedrun and the error messages (pinned here, not in the guide)
+
+def read_doc(name):
+    with open(os.path.join(DOCS, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def read_run(name):
+    with open(os.path.join(REPO, "runs", name), encoding="utf-8") as f:
+        return f.read()
+
+
+def test_guide_08_table_lists_the_full_demos_commands_in_order():
+    full_path = read_run("cpu_demo.sh").split('if [ "$QUICK" = 1 ]; then', 1)[1]
+    in_script = [line.split()[2] for line in full_path.splitlines() if line.lstrip().startswith("python -m ")]
+    in_script = [m for i, m in enumerate(in_script) if i == 0 or m != in_script[i - 1]]  # the chat_eval loop once
+    section = read_doc("08-quick-start.md").split("## 2. What the CPU demo does")[1].split("\n## ")[0]
+    in_table = re.findall(r"^\| [^|]+ \| `python -m ([^`\s]+)", section, re.M)
+    assert in_table == in_script[:-1]  # the last, nanochat_tasks.examples, only prints the prompts
+    assert "BASE_STEPS=${BASE_STEPS:-300}" in read_run("cpu_demo.sh") and "(default 300)" in section
+
+
+def test_guide_08_speedrun_variables_are_the_scripts():
+    speedrun = read_run("speedrun.sh")
+    assert "NPROC=${NPROC:-8}" in speedrun and "DEPTH=${DEPTH:-20}" in speedrun
+    assert 'run scripts.base_train --depth "$DEPTH" --target-param-data-ratio 20' in speedrun
+    assert "NPROC=4 DEPTH=12 bash runs/speedrun.sh" in read_doc("08-quick-start.md")
+
+
+def message_pattern(message, base):
+    """A message of the code as the guide's table writes it: ~/.cache/nanochat for the base dir,
+    any d<N> tag, any step list."""
+    text = re.escape(message.replace(str(base), "~/.cache/nanochat"))
+    text = re.sub(r"d\d+", r"d\\d+", text)
+    return re.sub(r"(?:\d+,\\ )*\d+", r"[\\d, ]+", text)
+
+
+def test_guide_08_error_table_holds_the_codes_messages(tiny_run, tmp_path, monkeypatch):
+    from nanochat.common import UserError
+    from nanochat.tokenizer import get_tokenizer
+    from nanochat.checkpoint_manager import load_model
+
+    def message(call, *args, **kwargs):
+        with pytest.raises(UserError) as info:
+            call(*args, **kwargs)
+        return str(info.value)
+
+    section = read_doc("08-quick-start.md").split("## 8. When something goes wrong")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| `error: (.+?)` \|", section, re.M)
+    assert len(rows) >= 5
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))
+    found = [(message(get_tokenizer), tmp_path), (message(load_model, "sft", "cpu"), tmp_path)]
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tiny_run))
+    found += [(message(load_model, "base", "cpu", model_tag="d9"), tiny_run),
+              (message(load_model, "base", "cpu", step=5), tiny_run)]
+    if not torch.cuda.is_available():
+        from nanochat.common import compute_init
+        found.append((message(compute_init, "cuda"), tiny_run))
+    for text, base in found:
+        assert any(re.fullmatch(message_pattern(text, base), row) for row in rows), f"not in guide 08's table: {text}"
 
 
 def test_there_are_guides_to_test():

@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from nanochat.gpt import GPT, GPTConfig, config_from_depth, build_model, layer_window_sizes, attention
+from nanochat.gpt import SoftcapCrossEntropy, GPT, GPTConfig, config_from_depth, build_model, layer_window_sizes, attention
 from nanochat.optim import zeropower_via_newtonschulz5
 from nanochat.training import lr_multiplier, EMA
 
@@ -49,6 +50,36 @@ def test_vocab_is_padded_and_logits_are_not():
     logits = model(torch.randint(0, 100, (1, 8)))
     assert logits.shape == (1, 8, 100)
     assert logits.abs().max() <= 15.0  # soft-capped
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 256])
+def test_chunked_softcap_loss_equals_the_plain_one_with_its_gradients(chunk_rows):
+    torch.manual_seed(0)
+    N, C, V = 50, 32, 100
+    x = (3 * torch.randn(N, C)).requires_grad_()  # large logits, so the softcap bites
+    W = torch.randn(V, C).requires_grad_()
+    targets = torch.randint(0, V, (N,))
+    targets[::7] = -1  # masked positions (SFT's non-assistant tokens) count for nothing
+    plain = F.cross_entropy(15.0 * torch.tanh((x @ W.t()) / 15.0), targets, ignore_index=-1)
+    gx, gW = torch.autograd.grad(2.0 * plain, (x, W))  # a scale on the loss flows through backward
+    fused = SoftcapCrossEntropy.apply(x, W, targets, chunk_rows)
+    fx, fW = torch.autograd.grad(2.0 * fused, (x, W))
+    assert torch.allclose(fused, plain, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(fx, gx, rtol=1e-4, atol=1e-6) and torch.allclose(fW, gW, rtol=1e-4, atol=1e-6)
+    assert gx.abs().max() > 1e-3  # the comparison is not between two zero gradients
+
+
+def test_model_training_loss_equals_its_evaluation_loss():
+    # with gradients on, the CPU model takes the chunked loss; under no_grad the plain one
+    torch.manual_seed(0)
+    model = build_model(GPTConfig(sequence_len=32, vocab_size=200, n_layer=2, n_head=2, n_kv_head=2, n_embd=64), "cpu")
+    x, y = torch.randint(0, 200, (3, 32)), torch.randint(0, 200, (3, 32))
+    y[:, :5] = -1
+    train_loss = model(x, y)
+    with torch.no_grad():
+        eval_loss = model(x, y)
+    assert train_loss.requires_grad and not eval_loss.requires_grad
+    assert torch.allclose(train_loss, eval_loss, rtol=1e-5)
 
 
 def test_untrained_loss_is_near_ln_vocab():
