@@ -121,6 +121,20 @@ def test_a_finetune_is_not_judged_by_a_fresh_models_first_loss(stage):
     assert base.level == "ok" and "good init" in base.text
 
 
+def test_sft_is_judged_as_sft_a_flat_loss_and_a_warmdown_from_step_one_are_its_design():
+    n = 20
+    flat = [{"step": i, "train_loss": 1.9, "lr": 1 - (i - 1) / n} for i in range(1, n + 1)]
+    sft = findings(history_of(flat, "sft", num_iterations=n, user_config={"warmdown_ratio": 1.0}))
+    assert sft["plateau"].level == "info" and "Normal for SFT" in sft["plateau"].text
+    assert "whole run is a warmdown" in sft["warmdown"].text and "drops faster" not in sft["warmdown"].text
+    assert "midtraining already trained it" in sft["first loss"].text
+    # midtraining keeps the plateau warning and its warmdown line (its LR holds, then falls over the last 20%)
+    held = [dict(r, lr=min(1.0, (n - r["step"] + 1) / (0.2 * n))) for r in flat]
+    mid = findings(history_of(held, "mid", num_iterations=n, user_config={"warmdown_ratio": 0.2}))
+    assert mid["plateau"].level == "warn" and "warmdown reached at step" in mid["warmdown"].text
+    assert "conversations are new to it" in mid["first loss"].text
+
+
 def test_the_stage_is_read_from_the_folder_while_a_run_has_no_checkpoint():
     for folder, stage in cm.STAGE_DIRS.items():
         assert history_of(losses([2.5] * 3), folder=stage).stage == folder

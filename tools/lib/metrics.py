@@ -284,9 +284,11 @@ def _check_first_loss(history):
     stage = history.stage
     if stage != "base":  # midtraining and SFT start from a trained model, not from a fresh init
         if ratio < 0.9:
+            why = ("conversations are new to it, so a few nats above the base model's own loss is normal"
+                   if stage == "mid" else "midtraining already trained it on conversations like these, so it "
+                   "starts near midtraining's last loss")
             return Finding("first loss", "ok", f"{where}: well below uniform guessing, as it should be: {stage} "
-                           "starts from a trained model (conversations are new to it, so a few nats above the "
-                           "base model's own loss is normal)")
+                           f"starts from a trained model ({why})")
         return Finding("first loss", "warn", f"{where}: as high as an untrained model's, but {stage} starts from a "
                        "trained one: were the weights of the stage before loaded, and is it the same tokenizer?")
     if 0.9 <= ratio <= 1.1:
@@ -358,6 +360,11 @@ def _check_plateau(history, window_frac=0.2, min_points=10, threshold=0.01):
     k = max(min_points // 2, int(len(pts) * window_frac))
     (x0, a), (x1, b) = pts[-k], pts[-1]
     change = (a - b) / abs(a) if a else 0.0
+    if change < threshold and history.stage == "sft":
+        return Finding("plateau", "info", f"the smoothed loss moved by {100 * change:.2f}% over the last {x1 - x0} steps "
+                       f"({a:.3f} -> {b:.3f}). Normal for SFT: midtraining already trained on these kinds of "
+                       "conversation, and SFT runs at a small learning rate (--init-lr-frac); judge it by chat_eval "
+                       "(its Refusal row is the family only SFT trains)")
     if change < threshold:
         return Finding("plateau", "warn", f"the smoothed loss moved by {100 * change:.2f}% over the last {x1 - x0} "
                        f"steps ({a:.3f} -> {b:.3f}): a plateau. If the LR is still high, warmdown may help; "
@@ -411,6 +418,9 @@ def _check_warmdown(history):
         below = [(x, v) for x, v in zip(xs[peak_i:], lrs[peak_i:]) if finite(v) and v < peak * 0.999]
         if below:
             x, _ = below[0]
+            if start is not None and start <= 2 and x <= 2:  # --warmdown-ratio 1 (SFT's default)
+                return Finding("warmdown", "info", f"the whole run is a warmdown: the LR falls linearly from the first "
+                               f"step (--warmdown-ratio 1), now x{lrs[-1]:.3f} of its start")
             return Finding("warmdown", "info", f"warmdown reached at step {x}: the LR is now x{lrs[-1]:.3f} of its "
                            "peak, and the loss usually drops faster here")
         if start:
