@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The CPU demo: the whole pipeline on the embedded corpus, on a laptop CPU, in minutes.
+# The CPU demo: the whole pipeline on the embedded corpus, on a laptop CPU.
 #
 #   bash runs/cpu_demo.sh           # the full path
-#   bash runs/cpu_demo.sh --quick   # a first chat with your own model in a few minutes
+#   bash runs/cpu_demo.sh --quick   # a smaller pipeline: a first chat with your own model sooner
 #
 # It installs what it needs into .venv, then: tokenizer -> base model -> bits per byte and samples
 # -> midtraining -> SFT -> chat evaluation -> RL -> report card. Everything is written under
