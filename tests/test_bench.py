@@ -1,6 +1,7 @@
 """The benchmarks in bench/ run, on tiny settings, and print the figures they promise."""
 
 import re
+import time
 
 import pytest
 
@@ -51,6 +52,28 @@ def test_bench_train_reports_mfu_against_a_measured_peak(capsys):
     assert 0 < _numbers(re.search(r"MFU [\d.]+%", out).group())[0] <= 100
     shares = [_numbers(line)[0] for line in out.splitlines() if "% of step time" in line]
     assert len(shares) == 3 and sum(shares) == pytest.approx(100, abs=0.5)  # forward, backward, optimizer
+
+
+def test_bench_train_break_even_charges_the_compile_time(capsys, monkeypatch):
+    # a stand-in "compiler": the model itself, with 1 s of compiling in its first call
+    from bench import bench_train
+    calls = []
+
+    def fake_compile(model, flag, device_type):
+        def compiled(x, y):
+            calls.append(1)
+            if len(calls) == 1:
+                time.sleep(1.0)
+            return model(x, y)
+        return compiled
+    monkeypatch.setattr(bench_train, "compile_for_training", fake_compile)
+    bench_train.main(["--depth", "1", "--head-dim", "32", "--max-seq-len", "32", "--vocab-size", "256",
+                      "--device-batch-size", "2", "--steps", "3", "--break-even", "--no-peak"])
+    out = capsys.readouterr().out
+    assert len(calls) == 5  # 2 warm-up + 3 timed compiled steps, after the eager ones
+    cost = _numbers(re.search(r"compiling cost [\d.]+ s", out).group())[0]
+    assert 0.8 <= cost <= 1.6  # the second, fast warm-up step is not charged as compiling
+    assert "eager / compiled" in out and ("break-even after" in out or "never pays" in out)
 
 
 @pytest.mark.slow
