@@ -496,6 +496,9 @@ def main(argv=None):
     check_port_free(args.host, args.port)
     app = create_lab_app(get_base_dir(), device)
     print(f"the lab reads {get_base_dir()} on {device}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}, beyond this machine: anyone who can reach it can read your runs "
+              "and run your models (the lab has no API key)", file=sys.stderr)
     print(f"open http://{args.host}:{args.port}/lab in a browser  (Ctrl+C stops)")
     import uvicorn
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
