@@ -3,8 +3,12 @@ view shows is read back from the page and compared with the backend functions' o
 computed here. Chromium and Playwright as in test_chat_web_browser.py (skipped on a developer
 machine without them, a failure in CI).
 
-Screenshots of every view, desktop and phone size, go to the test's temporary folder; the two
-that README and guide 08 show are also written to docs/images/lab/."""
+Screenshots of every view, desktop and phone size, go to the test's temporary folder. The two
+that README and guide 08 show are made here too: with NANOCHAT_UPDATE_DOC_IMAGES=1 the test writes
+them into docs/images/lab/ (a plain test run leaves the repository as it was):
+
+    NANOCHAT_UPDATE_DOC_IMAGES=1 python -m pytest tests/test_lab_browser.py
+"""
 
 import os
 import shutil
@@ -78,8 +82,10 @@ def screenshots(page, name, shots):
     """Desktop and phone screenshots of the page as it is now; nothing may stick out sideways on a phone."""
     page.screenshot(path=str(shots / f"{name}_desktop.png"), full_page=True)
     if name in SHOWN_IN_DOCS:
-        os.makedirs(DOC_IMAGES, exist_ok=True)
-        page.screenshot(path=os.path.join(DOC_IMAGES, SHOWN_IN_DOCS[name]))
+        page.screenshot(path=str(shots / SHOWN_IN_DOCS[name]))
+        if os.environ.get("NANOCHAT_UPDATE_DOC_IMAGES") == "1":
+            os.makedirs(DOC_IMAGES, exist_ok=True)
+            shutil.copyfile(shots / SHOWN_IN_DOCS[name], os.path.join(DOC_IMAGES, SHOWN_IN_DOCS[name]))
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(300)
     wide = page.evaluate("() => document.documentElement.scrollWidth")
