@@ -30,7 +30,7 @@ import datetime
 
 import torch
 
-from nanochat.common import ArgumentParser, int_range, run_main, use_base_dir
+from nanochat.common import ArgumentParser, UserError, int_range, run_main, use_base_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = os.path.join(REPO, "docs", "images")
@@ -99,16 +99,17 @@ def draw_loss_curve(history, vocab_size, out_dir):
     fig, axes = plotting.new_figure(1, 1, width=8, height=4.2, squeeze=True)
     ax = axes
     xs, ys = history.series("train_loss")
-    sx, sy = history.smoothed_loss()
+    sx, sy = history.smoothed_loss()  # from loop_state when an upstream run logged no per-step loss
     uniform = math.log(vocab_size)
     ax.axhline(uniform, color="#666666", linestyle="--", linewidth=1)
-    ax.text(xs[-1], uniform, f"uniform guess: ln({vocab_size}) = {uniform:.2f}", ha="right", va="bottom",
+    ax.text((xs or sx or [1])[-1], uniform, f"uniform guess: ln({vocab_size}) = {uniform:.2f}", ha="right", va="bottom",
             fontsize=8, color="#444444")
-    ax.plot(xs, ys, color=plotting.color(0), alpha=0.3, linewidth=1, label="train loss, each step")
+    if ys:
+        ax.plot(xs, ys, color=plotting.color(0), alpha=0.3, linewidth=1, label="train loss, each step")
     ax.plot(sx, sy, color=plotting.color(0), linewidth=2, label=f"smoothed (debiased EMA {mx.SMOOTH_BETA})")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, uniform * 1.08)  # room for the label above the dashed line
     plotting.style_axes(ax, title=f"Cross-entropy loss of a {history.model_config['n_layer']}-layer model "
-                        f"on the embedded corpus", xlabel="optimizer step", ylabel="loss (nats per token)",
+                        f"({history.name})", xlabel="optimizer step", ylabel="loss (nats per token)",
                         legend=True)
     return plotting.save_figure(fig, os.path.join(out_dir, "loss_curve.png"))
 
@@ -117,7 +118,9 @@ def draw_lr_schedule(history, out_dir):
     """lr_multiplier for the run's length and two variants, with the multipliers the run logged."""
     from nanochat.training import lr_multiplier
     from tools.lib import plotting
-    n = history.num_iterations
+    n = history.num_iterations or (history.checkpoint_steps or [0])[-1]
+    if not n:
+        raise UserError(f"{history.path} records no number of steps: cannot draw its LR schedule")
     fig, axes = plotting.new_figure(1, 1, width=8, height=4.2, squeeze=True)
     ax = axes
     variants = [("default: no warmup, warmdown 0.4 of the steps to 0", dict(warmup_ratio=0.0, warmdown_ratio=0.4)),
