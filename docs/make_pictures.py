@@ -47,6 +47,8 @@ TRAIN_ARGS = ["--depth", "2", "--head-dim", "64", "--max-seq-len", "128", "--win
 # texts the pictures look at
 TOKEN_TEXTS = ["To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer",
                "In 1603, 12345 tokens cost $6.78; naïve café-goers say “unbelievable!”"]
+SURPRISE_TEXTS = ["To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer",
+                  "The spreadsheet crashed, so she rebooted her laptop and emailed the server logs."]
 ATTENTION_TEXT = "To be, or not to be, that is the question. To be, or not to be"
 KV_PROMPT = "To be, or not to be"
 
@@ -139,48 +141,94 @@ def draw_lr_schedule(history, out_dir):
     return plotting.save_figure(fig, os.path.join(out_dir, "lr_schedule.png"))
 
 
+TOKEN_COLS, ROW_H = 92, 2.4  # token pictures: a line holds 92 cells of the monospace font
+
+
+def wrap_tokens(infos, cols=TOKEN_COLS):
+    """Lay tokens out in lines of at most `cols` character cells: [[(col, index), ...], ...]."""
+    lines, col, line = [], 0, []
+    for i, info in enumerate(infos):
+        width = len(info.shown)
+        if col + width > cols and line:
+            lines.append(line)
+            line, col = [], 0
+        line.append((col, i))
+        col += width + 1  # one cell of space between boxes
+    lines.append(line)
+    return lines
+
+
+def token_figure(blocks, title, alpha=0.3):
+    """A figure of token boxes. blocks: [(caption, infos, faces, sublabels)], one per text; each token
+    is drawn in a box of its face colour with its sublabel underneath. Returns (fig, ax)."""
+    from tools.lib import plotting
+    laid = [(caption, infos, faces, subs, wrap_tokens(infos)) for caption, infos, faces, subs in blocks]
+    n_lines = sum(len(lines) + 1 for *_, lines in laid)
+    fig, ax = plotting.new_figure(1, 1, width=10, height=0.5 + 0.55 * n_lines, squeeze=True)
+    ax.set_xlim(-0.5, TOKEN_COLS)
+    ax.set_ylim(-n_lines * ROW_H, 0.5)
+    ax.axis("off")
+    y = 0.0
+    for caption, infos, faces, subs, lines in laid:
+        ax.text(0, y, caption, fontsize=9, color="#444444", va="top")
+        y -= ROW_H * 0.75
+        for line in lines:
+            for col, i in line:
+                ax.text(col, y, infos[i].shown, family="DejaVu Sans Mono", fontsize=12, va="top",
+                        bbox=dict(boxstyle="square,pad=0.15", facecolor=faces[i], alpha=alpha, edgecolor=faces[i]))
+                ax.text(col, y - 1.0, subs[i], family="DejaVu Sans Mono", fontsize=6, va="top", color="#555555")
+            y -= ROW_H
+        y -= ROW_H * 0.25
+    ax.set_title(title, fontsize=10, fontweight="bold", loc="left")
+    return fig, ax
+
+
 def draw_tokens(tokenizer, out_dir):
     """Texts cut into tokens: one coloured box per token, its id underneath (token_inspect.tokenize)."""
     from tools.lib import plotting, token_inspect
-    cols, cell_w, row_h = 92, 1.0, 2.4  # layout in character cells of the monospace font
-    rows = []  # per text: lines of [(col, TokenInfo)]
+    blocks = []
     for text in TOKEN_TEXTS:
-        lines, col, line = [], 0, []
-        for info in token_inspect.tokenize(tokenizer, text):
-            width = len(info.shown)
-            if col + width > cols and line:
-                lines.append(line)
-                line, col = [], 0
-            line.append((col, info))
-            col += width + 1  # one cell of space between boxes
-        lines.append(line)
-        rows.append((text, lines))
-    n_lines = sum(len(lines) + 1 for _, lines in rows)
-    fig, axes = plotting.new_figure(1, 1, width=10, height=0.5 + 0.55 * n_lines, squeeze=True)
-    ax = axes
-    ax.set_xlim(-0.5, cols * cell_w)
-    ax.set_ylim(-n_lines * row_h, 0.5)
-    ax.axis("off")
-    y = 0.0
-    k = 0
-    for text, lines in rows:
+        infos = token_inspect.tokenize(tokenizer, text)
         stats = token_inspect.text_stats(tokenizer, text)
-        ax.text(0, y, f"{stats['chars']} characters, {stats['bytes']} bytes -> {stats['tokens']} tokens "
-                f"({stats['bytes_per_token']:.2f} bytes per token)", fontsize=9, color="#444444", va="top")
-        y -= row_h * 0.75
-        for line in lines:
-            for col, info in line:
-                face = plotting.PALETTE[k % 6]
-                k += 1
-                ax.text(col * cell_w, y, info.shown, family="DejaVu Sans Mono", fontsize=12, va="top",
-                        bbox=dict(boxstyle="square,pad=0.15", facecolor=face, alpha=0.25, edgecolor=face))
-                ax.text(col * cell_w, y - 1.0, str(info.id), family="DejaVu Sans Mono", fontsize=6, va="top",
-                        color="#555555")
-            y -= row_h
-        y -= row_h * 0.25
-    ax.set_title(f"Text as the tokenizer cuts it ({tokenizer.get_vocab_size()} tokens; · is a space, ↵ a newline, "
-                 "<xx> one byte of a character)", fontsize=10, fontweight="bold", loc="left")
+        caption = (f"{stats['chars']} characters, {stats['bytes']} bytes -> {stats['tokens']} tokens "
+                   f"({stats['bytes_per_token']:.2f} bytes per token)")
+        blocks.append((caption, infos, [plotting.PALETTE[i % 6] for i in range(len(infos))], [str(t.id) for t in infos]))
+    fig, _ = token_figure(blocks, f"Text as the tokenizer cuts it ({tokenizer.get_vocab_size()} tokens; · is a space, "
+                          "↵ a newline, <xx> one byte of a character)")
     return plotting.save_figure(fig, os.path.join(out_dir, "tokens.png"))
+
+
+@torch.no_grad()
+def token_bits(model, tokenizer, text):
+    """(TokenInfo of each predicted token, its loss in bits, bits per byte of the text). The text is
+    read after <|bos|>; each token's loss is the model's own cross-entropy (loss_reduction="none"),
+    and bits per byte is summed bits over summed bytes, as nanochat/loss_eval.py's evaluate_bpb."""
+    from tools.lib import token_inspect
+    ids = tokenizer.encode(text, prepend=tokenizer.get_bos_token_id())
+    x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
+    bits = (model(x, y, loss_reduction="none").view(-1) / math.log(2)).tolist()
+    infos = token_inspect.token_infos(tokenizer, ids[1:])
+    nbytes = sum(i.nbytes for i in infos)
+    return infos, bits, sum(b for b, i in zip(bits, infos) if i.nbytes) / nbytes
+
+
+def draw_token_surprise(model, tokenizer, out_dir):
+    """Each token coloured by how many bits the model's prediction of it cost: bits per byte, token by token."""
+    import matplotlib
+    from tools.lib import plotting
+    cmap = matplotlib.colormaps["YlOrRd"]
+    top = 16.0  # bits: colour scale from 0 (sure) to 16 (a 1-in-65536 guess)
+    blocks = []
+    for text in SURPRISE_TEXTS:
+        infos, bits, bpb = token_bits(model, tokenizer, text)
+        caption = (f"{sum(bits):.0f} bits for {sum(i.nbytes for i in infos)} bytes = {bpb:.2f} bits per byte "
+                   f"({sum(bits) / len(bits):.1f} bits per token)")
+        blocks.append((caption, infos, [cmap(min(b, top) / top) for b in bits], [f"{b:.0f}" for b in bits]))
+    fig, ax = token_figure(blocks, "Bits the model spent on each token (-log2 of the probability it gave it); "
+                           "darker is more surprising", alpha=0.75)
+    sm = matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0, top))
+    fig.colorbar(sm, ax=ax, orientation="horizontal", fraction=0.05, pad=0.02, aspect=50, label="bits")
+    return plotting.save_figure(fig, os.path.join(out_dir, "token_bits.png"))
 
 
 def draw_attention(model, tokenizer, out_dir):
@@ -389,6 +437,7 @@ def draw_all(base_dir, out_dir):
             draw_attention(model, tokenizer, out_dir),
             draw_rotary(model, out_dir),
             draw_residual_stream(model, tokenizer, out_dir),
+            draw_token_surprise(model, tokenizer, out_dir),
             draw_loss_curve(history, tokenizer.get_vocab_size(), out_dir),
             draw_lr_schedule(history, out_dir),
             draw_training_dashboard(history, out_dir),
