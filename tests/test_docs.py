@@ -188,8 +188,12 @@ QUICK_TAG = "d4q"
 
 
 def git_status():
-    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
-                          capture_output=True, text=True, check=True).stdout
+    """Changed, new and ignored files of the repo (report.md, say, is ignored), less the virtual
+    environment and Python's bytecode caches."""
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines()
+            if not line.startswith("!! .venv/") and "__pycache__/" not in line and not line.endswith(".pyc")]
 
 
 def tree_hashes(root):
@@ -210,8 +214,12 @@ def quick_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("quick_base")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     env.update(NANOCHAT_BASE_DIR=str(base), NO_COLOR="1")
+    # an earlier quick run that never saved a checkpoint: the demo must move it aside, not mix with it
+    earlier = base / "base_checkpoints" / QUICK_TAG
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.jsonl").write_text('{"step": 1, "train_loss": 9.0}\n')
     repo_before = git_status()
-    done = subprocess.run(QUICK_COMMAND, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(QUICK_COMMAND, cwd=REPO, env=env, capture_output=True, text=True, timeout=2400)
     return SimpleNamespace(base=base, returncode=done.returncode, stdout=done.stdout, stderr=done.stderr,
                            repo_before=repo_before)
 
@@ -233,6 +241,11 @@ def test_the_quick_path_reaches_a_chat_answer_and_writes_its_checkpoints(quick_r
     assert sorted(os.listdir(os.path.join(quick_run.base, "tokenizer"))) == [
         "token_bytes.pt", "tokenizer.json", "tokenizer.tiktoken"]
     assert git_status() == quick_run.repo_before  # the demo wrote nothing into the repo
+    aside = [d for d in os.listdir(os.path.join(quick_run.base, "base_checkpoints")) if d != QUICK_TAG]
+    assert len(aside) == 1 and aside[0].startswith(f"{QUICK_TAG}.previous-"), aside
+    assert "moved the previous demo's base_checkpoints/d4q aside" in out
+    with open(os.path.join(quick_run.base, "base_checkpoints", aside[0], "metrics.jsonl")) as f:
+        assert f.read() == '{"step": 1, "train_loss": 9.0}\n'
 
 
 @pytest.mark.slow
