@@ -21,6 +21,7 @@ that every picture a guide shows is the one this command wrote last. Pictures of
 
 import os
 import sys
+import argparse
 import json
 import math
 import shutil
@@ -54,8 +55,7 @@ KV_PROMPT = "To be, or not to be"
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                       epilog="The pictures are written to --output (default docs/images).")
+    p = ArgumentParser(prog=COMMAND, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-dir", type=str, default=None,
                    help="draw from the run in this base dir (tokenizer + base_checkpoints); default: make a fresh small run")
     p.add_argument("--steps", type=int_range(10, 100000), default=150,
