@@ -50,6 +50,26 @@ def test_sft_trains_a_family_that_midtraining_does_not_and_chat_eval_scores_it(t
     assert "Refusal" in re.search(r'^EVAL_TASKS="(.*)"$', open(os.path.join(ROOT, "runs", "cpu_demo.sh")).read(), re.M)[1]
 
 
+@pytest.mark.slow
+def test_sft_teaches_refusals_that_midtraining_never_did(tiny_run, tmp_path, monkeypatch):
+    """The tiny run's base model stands in for a mid checkpoint (midtraining never trains Refusal,
+    so what matters is only that the family is new to it); SFT at full learning rate then learns
+    to decline, naming the right capability, on held-out requests."""
+    from scripts import chat_eval, chat_sft
+    base = tmp_path / "base"
+    shutil.copytree(tiny_run, base)
+    shutil.copytree(base / "base_checkpoints", base / "mid_checkpoints")
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(base))
+    chat_sft.main(["--offline", "--model-tag", "d2", "--synthetic-size", "200", "--device-batch-size", "8",
+                   "--target-examples-per-step", "16", "--num-iterations", "150", "--eval-every", "-1",
+                   "--init-lr-frac", "1.0"])
+    score = {}
+    for source in ("mid", "sft"):
+        results, _ = chat_eval.main(["-i", source, "-g", "d2", "-a", "Refusal", "-x", "30", "-m", "24"])
+        score[source] = results[0].accuracy
+    assert score["mid"] == 0.0 and score["sft"] >= 0.5, score
+
+
 def test_chat_cli_lists_the_examples_in_help_but_not_with_p_or_piped_input(tiny_base_dir, capsys, monkeypatch):
     from scripts import chat_cli
     from nanochat_tasks.examples import example_prompts
