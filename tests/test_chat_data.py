@@ -133,9 +133,9 @@ def test_offline_mixture_has_the_synthetic_tasks_and_custom_json(tmp_path):
     custom.write_text('[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]\n' * 20)
     train, names = build_mixture("sft", "train", offline=True, synthetic_size=30, custom_json=str(custom))
     val, _ = build_mixture("sft", "val", offline=True, synthetic_size=30, custom_json=str(custom))
-    assert names == ["Identity", "SpellingBee", "SimpleSpelling", "Arithmetic", "TwoStepArithmetic", "CustomJSON"]
-    assert len(train) == 4 * 30 + 30 // 8 + 20
-    assert len(val) == 4 * 3 + 1 + 2
+    assert names == ["Identity", "SpellingBee", "SimpleSpelling", "Arithmetic", "TwoStepArithmetic", "Refusal", "CustomJSON"]
+    assert len(train) == 4 * 30 + 30 // 8 + 30 // 2 + 20  # Refusal: half a synthetic task, SFT only
+    assert len(val) == 4 * 3 + 1 + 1 + 2
 
 
 def test_unreachable_hub_falls_back_to_offline_tasks_in_one_line(monkeypatch, capsys):
