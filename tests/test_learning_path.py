@@ -217,6 +217,12 @@ def test_the_dashboard_plots_an_rl_run_by_its_rewards_with_no_empty_panel(tmp_pa
     assert len(panels) == 4 and all(n > 0 for n in panels.values()), panels
     assert panels["Mean reward"] == 3  # raw, smoothed and the held-out points
     assert "Train loss" not in panels and "Throughput" not in panels
+    # RL counts no tokens: plotted against tokens, every panel says so instead of drawing nothing
+    from tools.lib import metrics as mx
+    empty = []
+    monkeypatch.setattr("tools.lib.plotting.empty_panel", lambda ax, why: empty.append(why))
+    mx.plot_runs([history_of(records, "rl")], str(tmp_path / "by_tokens.png"), x="tokens")
+    assert len(empty) == 4 and all("try --x step" in why for why in empty), empty
     # a base run keeps its loss panels, and one without val bpb or throughput says so instead of drawing
     base = drawn_panels([history_of(losses([6.0, 5.0, 4.5, 4.0]), "base")], tmp_path, monkeypatch)
     assert base["Train loss"] == 2 and base["Validation bits per byte"] == 0 and base["Throughput"] == 0

@@ -574,8 +574,10 @@ def plot_runs(histories, output, x="step"):
         for i, h in enumerate(histories):
             for key, how in lines:
                 _plot_line(ax, h, key, how, x, plotting.color(i), "" if single else f"{h.name}: ")
-        has_data = any(h.has(key) or (key == "train_loss" and h.smooth_from_log) for h in histories for key, _ in lines)
-        if has_data:
+        drawn = bool(ax.get_lines())
+        if not drawn and any(h.has(key) for h in histories for key, _ in lines):  # logged, but not against this x
+            why = f"logged, but without '{X_AXES[x][0]}' per step: try --x step"
+        if drawn:
             plotting.style_axes(ax, title=ptitle, xlabel=xlabel, ylabel=ylabel, legend=True)
         else:
             ax.set_title(ptitle, fontsize=11, fontweight="bold")
