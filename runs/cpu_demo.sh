@@ -77,7 +77,7 @@ quick_path() {
         --total-batch-size 2048 --num-iterations 30 --eval-every 30 --eval-tokens 8192
     stage "SFT: supervised finetuning on conversations"
     python -m scripts.chat_sft --offline --model-tag $QUICK_TAG --synthetic-size 500 --device-batch-size 8 \
-        --target-examples-per-step 8 --num-iterations 30 --eval-every 30 --eval-steps 4
+        --target-examples-per-step 8 --num-iterations 30 --eval-every 30 --eval-steps 4 --init-lr-frac 1.0
     stage "talk to your model"
     python -m scripts.chat_cli -i sft -g $QUICK_TAG -t 0 -p "Mia has 12 shells. Mia gets 30 more. How many shells does Mia have now?"
     echo
@@ -115,9 +115,11 @@ stage "midtraining: conversation format, tool use, spelling (offline task mixtur
 python -m scripts.mid_train --offline --model-tag $TAG --synthetic-size 2000 --device-batch-size 16 \
     --total-batch-size 4096 --num-iterations 120 --eval-every 60 --eval-tokens 16384
 
-stage "SFT: supervised finetuning on conversations"
+# SFT at the full learning rate (its default, 0.02 of it, suits a long pretrained model): at the
+# default it learned no refusals in a measured run (0/50), at 1.0 it did (30/50), Arithmetic unchanged
+stage "SFT: supervised finetuning on conversations, plus refusals (a family midtraining never saw)"
 python -m scripts.chat_sft --offline --model-tag $TAG --synthetic-size 2000 --device-batch-size 16 \
-    --target-examples-per-step 16 --num-iterations 100 --eval-every 50 --eval-steps 8
+    --target-examples-per-step 16 --num-iterations 100 --eval-every 50 --eval-steps 8 --init-lr-frac 1.0
 
 EVAL_TASKS="SpellingBee|SimpleSpelling|Arithmetic|TwoStepArithmetic|Refusal"
 stage "chat evaluation: held-out spelling, letter counting and arithmetic, base vs mid vs SFT"

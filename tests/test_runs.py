@@ -52,4 +52,4 @@ def test_the_demo_commands_are_read_with_their_values():
     commands = dict((m, a) for m, a in _commands("cpu_demo.sh"))
     assert commands["scripts.base_train"][commands["scripts.base_train"].index("--num-iterations") + 1] == "300"
     assert "--num-steps" in commands["scripts.chat_rl"] and "--offline" in commands["scripts.chat_rl"]
-    assert "SpellingBee|SimpleSpelling|Arithmetic|TwoStepArithmetic" in commands["scripts.chat_eval"]
+    assert "SpellingBee|SimpleSpelling|Arithmetic|TwoStepArithmetic|Refusal" in commands["scripts.chat_eval"]
