@@ -99,3 +99,13 @@ def test_gpu_script_commands_parse_with_the_benches_own_flags():
     for module, *args in commands:
         parsed = parsers[module](args)
         assert parsed.device_type == "cuda" and parsed.depth == 12
+
+
+def test_bench_head_times_both_heads_and_puts_the_chunked_one_back(capsys):
+    from bench import bench_head
+    import nanochat.gpt as gpt
+    bench_head.main(["--threads", "1", "--steps", "1", "--depth", "1", "--vocab-size", "256", "--max-seq-len", "32",
+                     "--device-batch-size", "2"])
+    out = capsys.readouterr().out
+    assert "plain    step" in out and "chunked  step" in out and "plain / chunked" in out
+    assert "apply" not in vars(gpt.SoftcapCrossEntropy)  # the model trains with the chunked head again
