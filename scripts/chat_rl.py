@@ -95,7 +95,10 @@ def main(argv=None):
     optimizer = tr.build_optimizer(model, user_config, distributed=rt.ddp)  # scaled by --init-lr-frac
     start_step, _, loop_state, _ = tr.start_or_resume(
         ckpt_dir, args.resume_from_step, model, optimizer, rt,
-        loop_state={"total_training_time": 0.0, "questions_seen": 0, "heldout_before": None})
+        loop_state={"total_training_time": 0.0, "questions_seen": 0, "heldout_before": None,
+                    "smooth_reward": 0.0, "smooth_count": 0})
+    # one step's mean reward is noisy (a few questions, sampled replies); the smoothed one is the trend
+    smooth = tr.EMA(0.9, loop_state["smooth_reward"], loop_state["smooth_count"])
 
     top_k = args.top_k if args.top_k > 0 else None
     do_eval = args.eval_examples > 0
@@ -181,7 +184,11 @@ def main(argv=None):
         if do_eval and ((args.eval_every > 0 and done % args.eval_every == 0) or last):
             last_eval = measured = heldout()
         eta = (num_steps - done) * (time.time() - session_start) / (done - start_step)
-        print0(f"step {done:05d}/{num_steps:05d} | reward {reward:.4f} | loss {loss:+.5f} | reply tokens "
+        trend = smooth.update(reward)
+        loop_state["smooth_reward"], loop_state["smooth_count"] = smooth.value, smooth.count
+        # the policy-gradient "loss" is -(advantage x log-probability): it goes up and down around 0 and
+        # may be negative; the reward is what RL raises
+        print0(f"step {done:05d}/{num_steps:05d} | reward {reward:.4f} (smoothed {trend:.4f}) | pg loss {loss:+.5f} | reply tokens "
                f"{reply_tokens:5.1f} | lr x{lr_mult:.3f} | dt {dt:.2f}s | eta {format_duration(eta)}"
                + (f" | {describe(measured)}" if measured else ""))
         if rt.master:

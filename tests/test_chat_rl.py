@@ -2,6 +2,7 @@
 with forced tool tokens and the prompt excluded, and a tiny run writes checkpoints, metrics and
 resumes; on the shared tiny base run copied in as an SFT checkpoint."""
 
+import re
 import shutil
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from nanochat import rl
 from nanochat.common import UserError
 from nanochat import checkpoint_manager as cm
+from nanochat.training import EMA
 
 
 def test_advantages_are_reward_minus_the_question_mean():
@@ -83,6 +85,12 @@ def test_rl_steps_write_checkpoints_metrics_and_resume(sft_base_dir, capsys):
     assert "before RL: held-out mean reward" in out and "after RL: held-out mean reward" in out
     assert [line.split(" | eta ")[1].split()[0] for line in out.splitlines() if line.startswith("step ")][-1] == "0s"
     ckpt_dir = sft_base_dir / "chatrl_checkpoints" / "d2"
+    # the step line carries the trend: the debiased moving average of the step rewards so far
+    shown = [tuple(map(float, re.search(r"reward ([\d.]+) \(smoothed ([\d.]+)\)", line).groups()))
+             for line in out.splitlines() if line.startswith("step ")]
+    rewards = [r["reward_mean"] for r in cm.read_metrics(str(ckpt_dir))]
+    ema = EMA(0.9)
+    assert [s for _, s in shown] == pytest.approx([ema.update(r) for r in rewards], abs=1e-4)
     assert cm.list_complete_steps(str(ckpt_dir)) == [1, 2]
     meta = cm.read_meta(str(ckpt_dir), 2)
     assert meta["stage"] == "rl" and meta["source"] == {"stage": "sft", "model_tag": "d2", "step": 12}
@@ -96,8 +104,14 @@ def test_rl_steps_write_checkpoints_metrics_and_resume(sft_base_dir, capsys):
     section = {name: data for name, _, data, _ in get_report().sections()}["Chat RL"]
     assert section[1]["Held-out mean reward after RL"] == result["after"]["reward"]
     # resume from step 1 and run to step 3: the log is cut back to step 1, then continues
+    capsys.readouterr()
     chat_rl.main(rl_args(num_steps=3, resume_from_step=1))
     assert [r["step"] for r in cm.read_metrics(str(ckpt_dir))] == [1, 2, 3]
+    # the trend carries on from the checkpoint: steps 2 and 3 are smoothed together with step 1
+    ema = EMA(0.9)
+    expected = [ema.update(r["reward_mean"]) for r in cm.read_metrics(str(ckpt_dir))][1:]
+    shown = [float(m.group(1)) for m in re.finditer(r"\(smoothed ([\d.]+)\)", capsys.readouterr().out)]
+    assert shown == pytest.approx(expected, abs=1e-4)
     assert cm.list_complete_steps(str(ckpt_dir)) == [1, 2, 3]
 
 

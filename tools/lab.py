@@ -20,8 +20,10 @@ elsewhere. The shared script and style (lab.js, plot.js: a small SVG plotter, la
 inline into each page as it is served, so the pages run under the chat page's CSP (inline script,
 connect to this server only).
 
-Every endpoint reads its input like the chat API (a 4xx naming the field) and reads nothing outside
-the base dir: checkpoints and runs are named by the tools' address [STAGE/]TAG[:STEP], never a path.
+Every endpoint reads its input like the chat API (a 4xx naming the field). The JSON endpoints read
+nothing outside the base dir: checkpoints and runs are named by the tools' address
+[STAGE/]TAG[:STEP], never a path. The one other file route, /lab/guide/NAME, serves the guides the
+views link to: only a name from the listing of this checkout's docs/ (NN-name.md), never a path.
 """
 
 import os
