@@ -8,6 +8,8 @@
 # -> midtraining -> SFT -> chat evaluation -> RL -> report card. Everything is written under
 # $NANOCHAT_BASE_DIR (default ~/.cache/nanochat), where the learning tools look for it.
 # Settings are sized for 2 CPU cores; on a faster machine raise BASE_STEPS for a better model.
+# Measured on 2 cores with nothing else running (2026-12-03, a fresh clone): the quick path 3 min 9 s,
+# the full path 28 min 15 s, plus about 4 min the first time to set up .venv.
 set -euo pipefail
 usage() {
     cat <<'USAGE'
