@@ -36,12 +36,10 @@ def free_port():
 
 
 @contextlib.contextmanager
-def serve(base_dir, log_path, *extra_args):
-    """Run scripts.chat_web on 127.0.0.1:<free port>; yields (base URL, Popen). Always stopped."""
-    port = free_port()
-    env = dict(os.environ, NANOCHAT_BASE_DIR=str(base_dir), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "scripts.chat_web", "-i", "base", "-p", str(port), "--host", "127.0.0.1",
-           "--log-level", "warning", *extra_args]
+def run_server(cmd, env, log_path, ready_path):
+    """Run a server command (it listens on the port in `cmd`) until GET ready_path answers 200;
+    yields (base URL, Popen). Always stopped. The chat server and the lab start through this."""
+    port = cmd[cmd.index("-p") + 1]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -49,14 +47,14 @@ def serve(base_dir, log_path, *extra_args):
         deadline = time.time() + 90
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{open(log_path).read()}")
+                raise RuntimeError(f"{cmd[2]} exited with {proc.returncode}:\n{open(log_path).read()}")
             try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                if httpx.get(url + ready_path, timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.time() > deadline:
-                raise RuntimeError(f"server did not come up in 90 s:\n{open(log_path).read()}")
+                raise RuntimeError(f"{cmd[2]} did not come up in 90 s:\n{open(log_path).read()}")
             time.sleep(0.2)
         yield url, proc
     finally:
@@ -66,6 +64,16 @@ def serve(base_dir, log_path, *extra_args):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def serve(base_dir, log_path, *extra_args):
+    """Run scripts.chat_web on 127.0.0.1:<free port>; yields (base URL, Popen). Always stopped."""
+    env = dict(os.environ, NANOCHAT_BASE_DIR=str(base_dir), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "scripts.chat_web", "-i", "base", "-p", str(free_port()), "--host", "127.0.0.1",
+           "--log-level", "warning", *extra_args]
+    with run_server(cmd, env, log_path, "/health") as (url, proc):
+        yield url, proc
 
 
 def read_sse(lines):

@@ -9,13 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 import torch
 
-from test_chat_web import REPO, free_port
+from test_chat_web import REPO, free_port, run_server
 from test_web_fuzz import check_answer
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -27,34 +26,11 @@ PROMPT = "a b c d a b c d"
 @contextlib.contextmanager
 def serve_lab(base_dir, log_path, *extra_args):
     """Run `python -m tools.lab` on 127.0.0.1:<free port>; yields its base URL. Always stopped."""
-    port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "tools.lab", "--base-dir", str(base_dir), "-p", str(port), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "tools.lab", "--base-dir", str(base_dir), "-p", str(free_port()), "--host", "127.0.0.1",
            "--log-level", "warning", *extra_args]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the lab exited with {proc.returncode}:\n{open(log_path).read()}")
-            try:
-                if httpx.get(url + "/lab/api/info", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"the lab did not come up in 90 s:\n{open(log_path).read()}")
-            time.sleep(0.2)
+    with run_server(cmd, env, log_path, "/lab/api/info") as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
