@@ -26,6 +26,7 @@ parser, and every repository path the guides mention exists.
 
 import os
 import re
+import contextlib
 import shlex
 import random
 import shutil
@@ -156,7 +157,14 @@ def docs_env(tiny_run, tmp_path, monkeypatch):
     """A private copy of the tiny run as NANOCHAT_BASE_DIR, cwd in a scratch folder, fixed seeds."""
     base = tmp_path / "base"
     shutil.copytree(tiny_run, base)
-    work = tmp_path / "work"
+    with as_a_reader(base, tmp_path / "work", monkeypatch):
+        yield base
+
+
+@contextlib.contextmanager
+def as_a_reader(base, work, monkeypatch):
+    """Where a learner runs the snippets: NANOCHAT_BASE_DIR is their run, the current folder a new
+    scratch folder `work`; plus fixed seeds and one thread, so that printed figures repeat."""
     work.mkdir()
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(base))
     monkeypatch.setenv("NO_COLOR", "1")
@@ -171,8 +179,10 @@ def docs_env(tiny_run, tmp_path, monkeypatch):
         np.random.seed(SEED)
     except ImportError:
         pass
-    yield base
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("guide", markdown_files())
@@ -263,20 +273,9 @@ def test_every_guide_runs_in_order_on_the_quick_run_and_changes_nothing(quick_ru
     assert any(path.startswith("report" + os.sep) for path in run_before)
     repo_before = git_status()
     work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(quick_run.base))
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.chdir(work)
-    monkeypatch.syspath_prepend(REPO)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(SEED)
-    random.seed(SEED)
-    try:
+    with as_a_reader(quick_run.base, work, monkeypatch):
         for guide in guide_files():
             run_markdown(os.path.join(DOCS, guide))
-    finally:
-        torch.set_num_threads(threads)
     after = tree_hashes(quick_run.base)
     changed = sorted(p for p in set(run_before) | set(after) if run_before.get(p) != after.get(p))
     assert not changed, f"a snippet changed the learner's run: {changed[:10]}"
