@@ -4,7 +4,7 @@ import torch
 import pytest
 
 from nanochat.checkpoint_manager import load_model
-from nanochat.engine import Engine, KVCache, filter_logits, FILTER_ORDER
+from nanochat.engine import Engine, KVCache, draw, filter_logits, FILTER_ORDER
 
 
 @pytest.fixture
@@ -221,3 +221,15 @@ class _StandInTokenizer:
 
     def get_bos_token_id(self):
         return 10_000
+
+
+
+def test_draw_picks_each_token_as_often_as_its_probability():
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    n = 100_000
+    ids = draw(probs.expand(n, -1), torch.Generator().manual_seed(0))  # n independent rows
+    freq = torch.bincount(ids, minlength=probs.numel()) / n
+    assert (freq[probs == 0] == 0).all()  # a filtered-out token is never drawn
+    sigma = (probs * (1 - probs) / n).sqrt()
+    assert ((freq - probs).abs() <= 5 * sigma).all(), freq
+    assert draw(torch.tensor([[0.0, 0.0, 1.0]]), torch.Generator()).tolist() == [2]

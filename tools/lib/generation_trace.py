@@ -8,7 +8,7 @@ distribution actually sampled from after the engine's own filters (engine.filter
 in engine.FILTER_ORDER: temperature, then top-k, then top-p, then min-p), the chosen token with its
 probability, the top alternatives and the entropy of both distributions. The random numbers are
 drawn exactly as Engine.generate draws them (a torch.Generator seeded with `seed`, one
-multinomial per step), so a trace and the engine produce the same tokens for the same seed.
+engine.draw per step), so a trace and the engine produce the same tokens for the same seed.
 
 Branching (`force`): at a chosen step a given token replaces the sampled one; the sample is still
 drawn, so the random stream stays aligned with the unbranched run and the two generations differ
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from nanochat.engine import KVCache, RowState, filter_logits, FILTER_ORDER
+from nanochat.engine import KVCache, RowState, draw, filter_logits, FILTER_ORDER
 
 DEFAULT_TEMPERATURES = (0.1, 0.3, 0.5, 0.7, 1.0, 1.5)
 DEFAULT_TOP_KS = (1, 5, 20, 50, 0)  # 0: no top-k filter
@@ -91,7 +91,7 @@ def trace_generation(model, prompt_ids, max_tokens=20, temperature=1.0, top_k=No
         raw = F.softmax(logits.float(), dim=-1)
         probs = sampling_distribution(logits, temperature, top_k, top_p, min_p)
         if temperature and temperature > 0:
-            sampled = int(torch.multinomial(probs.unsqueeze(0), 1, generator=rng)[0, 0])
+            sampled = int(draw(probs.unsqueeze(0), rng)[0])
         else:
             sampled = int(torch.argmax(logits))
         tool = engine is not None and len(row.forced) > 0
