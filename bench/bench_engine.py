@@ -10,7 +10,8 @@ Benchmark inference: what the KV cache buys, prefill speed, and batched decoding
   without). The ratio says how much of a step goes to everything else (attention, norms, rotary,
   the cache, Python).
 - prefill: tokens/s of running a prompt through the model once while filling the cache.
-- batch decode: tokens/s of Engine rows decoding together (num_samples 1 / 4 / 16).
+- batch decode: tokens/s of Engine rows decoding together (num_samples 1 / 4 / 16), next to the
+  weight matmuls of that many rows alone: the most that batching could buy if nothing else cost.
 - different prompts: --prompts prompts of different lengths (half the first context up to all
   of it) answered one at a time, then all in one left-padded batch, as evaluation does; the
   time includes the prefill.
@@ -102,10 +103,10 @@ def decode_seconds_per_step(make_iterator, n, repeats, sync):
     return best
 
 
-def weight_matmul_floor(model):
-    """A function that runs every weight matmul of one decode step at batch 1, and nothing else."""
+def weight_matmul_floor(model, rows=1):
+    """A function that runs every weight matmul of one decode step of `rows` rows, and nothing else."""
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    inputs = [torch.randn(1, w.size(1), dtype=w.dtype, device=w.device) for w in weights]
+    inputs = [torch.randn(rows, w.size(1), dtype=w.dtype, device=w.device) for w in weights]
 
     @torch.inference_mode()
     def step():
@@ -178,14 +179,20 @@ def main(argv=None):
 
     ctx = contexts[0]
     prompt = torch.randint(0, args.vocab_size, (ctx,), generator=gen).tolist()
-    print(f"\nbatch decode (context {ctx})  rows    tokens/s    vs 1 row")
-    single = None
+    # the weight matmuls of several rows cost more than those of one (more arithmetic, and on a CPU
+    # a matrix of a few rows takes a slower path than a vector): their ratio bounds what batching buys
+    print(f"\nbatch decode (context {ctx}, temperature 1)")
+    print(f"{'':22} rows    tokens/s    vs 1 row | weight matmuls alone: tokens/s    vs 1 row")
+    single = single_floor = None
     for rows in samples:
         per_step = decode_seconds_per_step(
             lambda: engine.generate(prompt, rows, max_tokens=n, temperature=1.0, seed=1), n, args.repeats, sync)
+        floor_step = weight_matmul_floor(model, rows)
+        floor_tps = rows * (n - 1) / best_time(lambda: [floor_step() for _ in range(n - 1)], args.repeats, sync)
         tps = rows / per_step
-        single = single or tps
-        print(f"{'':28} {rows:4d} {tps:11,.0f} {tps / single:10.1f}x")
+        single, single_floor = single or tps, single_floor or floor_tps
+        print(f"{'':22} {rows:4d} {tps:11,.0f} {tps / single:10.1f}x | {'':21}{floor_tps:11,.0f} "
+              f"{floor_tps / single_floor:7.1f}x")
 
     lengths = torch.randint(max(1, ctx // 2), ctx + 1, (args.prompts,), generator=gen).tolist()
     prompts = [torch.randint(0, args.vocab_size, (length,), generator=gen).tolist() for length in lengths]

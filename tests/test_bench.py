@@ -23,6 +23,9 @@ def test_bench_engine_prints_every_section(capsys):
                 and "floor" not in line]
     assert len(speedups) == 2 + 2  # two contexts (cache vs none) and two batch sizes
     assert all(_numbers(line)[-1] > 0 for line in speedups)
+    batch = [_numbers(line) for line in speedups if "|" in line]  # rows, tok/s, vs 1 row | floor tok/s, vs 1 row
+    assert [b[0] for b in batch] == [1, 2] and batch[0][2] == batch[0][4] == 1.0
+    assert abs(batch[1][4] - batch[1][3] / batch[0][3]) <= 0.06  # the floor's ratio is its own tokens/s ratio
     (floor,) = [line for line in out.splitlines() if "decode / floor" in line]
     decode_ms, _, floor_ms, _, ratio = _numbers(floor)
     assert decode_ms > 0 and floor_ms >= 0 and ratio > 0
