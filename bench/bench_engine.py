@@ -12,6 +12,7 @@ Benchmark inference: what the KV cache buys, prefill speed, and batched decoding
 - prefill: tokens/s of running a prompt through the model once while filling the cache.
 - batch decode: tokens/s of Engine rows decoding together (num_samples 1 / 4 / 16), next to the
   weight matmuls of that many rows alone: the most that batching could buy if nothing else cost.
+- sampling: one token per row drawn by torch.multinomial and by engine.draw (inverse transform).
 - different prompts: --prompts prompts of different lengths (half the first context up to all
   of it) answered one at a time, then all in one left-padded batch, as evaluation does; the
   time includes the prefill.
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from nanochat.common import compute_init, run_main, UserError
 from nanochat.gpt import config_from_depth, build_model
-from nanochat.engine import Engine, KVCache
+from nanochat.engine import Engine, KVCache, draw
 
 
 def parse_args(argv=None):
@@ -193,6 +194,15 @@ def main(argv=None):
         single, single_floor = single or tps, single_floor or floor_tps
         print(f"{'':22} {rows:4d} {tps:11,.0f} {tps / single:10.1f}x | {'':21}{floor_tps:11,.0f} "
               f"{floor_tps / single_floor:7.1f}x")
+
+    # engine.draw throws one random number per row; torch.multinomial one per vocabulary entry
+    print(f"\nsampling one token per row (vocab {config.vocab_size})  rows  multinomial      draw  speed-up")
+    for rows in samples:
+        probs = torch.randn(rows, config.vocab_size, generator=gen).softmax(-1).to(rt.device)
+        rng = torch.Generator(device=rt.device).manual_seed(0)
+        times = [best_time(lambda: [sample(probs, rng) for _ in range(20)], args.repeats, sync) / 20
+                 for sample in (lambda p, g: torch.multinomial(p, 1, generator=g), draw)]
+        print(f"{'':40} {rows:4d} {1e6 * times[0]:9.0f} us {1e6 * times[1]:6.0f} us {times[0] / times[1]:8.1f}x")
 
     lengths = torch.randint(max(1, ctx // 2), ctx + 1, (args.prompts,), generator=gen).tolist()
     prompts = [torch.randint(0, args.vocab_size, (length,), generator=gen).tolist() for length in lengths]

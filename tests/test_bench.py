@@ -20,8 +20,10 @@ def test_bench_engine_prints_every_section(capsys):
     out = capsys.readouterr().out
     speedups = [line for line in out.splitlines()
                 if line.rstrip().endswith("x") and "rows" not in line and "one at a time" not in line
-                and "floor" not in line]
+                and "floor" not in line and " us " not in line]
     assert len(speedups) == 2 + 2  # two contexts (cache vs none) and two batch sizes
+    sampling = [_numbers(line) for line in out.splitlines() if " us " in line]  # rows, multinomial, draw, ratio
+    assert [row[0] for row in sampling] == [1, 2] and all(row[1] > 0 and row[2] > 0 for row in sampling)
     assert all(_numbers(line)[-1] > 0 for line in speedups)
     batch = [_numbers(line) for line in speedups if "|" in line]  # rows, tok/s, vs 1 row | floor tok/s, vs 1 row
     assert [b[0] for b in batch] == [1, 2] and batch[0][2] == batch[0][4] == 1.0
