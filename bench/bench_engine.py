@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from nanochat.common import compute_init, run_main, UserError
 from nanochat.gpt import config_from_depth, build_model
 from nanochat.engine import Engine, KVCache, draw
+from bench.bench_peer import StandInTokenizer  # (that file imports no torch at its top: its workers need that)
 
 
 def parse_args(argv=None):
@@ -56,22 +57,6 @@ def parse_args(argv=None):
                    help="wall time, or this process's CPU time (with 1 thread on a machine others are using: "
                         "it leaves out the time the others took)")
     return p.parse_args(argv)
-
-
-class StandInTokenizer:
-    """What Engine needs from a tokenizer; special ids outside the vocabulary are never sampled."""
-
-    SPECIALS = ["<|bos|>", "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>",
-                "<|assistant_end|>"]
-
-    def __init__(self, vocab_size):
-        self.ids = {name: vocab_size + 1000 + i for i, name in enumerate(self.SPECIALS)}
-
-    def encode_special(self, name):
-        return self.ids[name]
-
-    def get_bos_token_id(self):
-        return self.ids["<|bos|>"]
 
 
 clock = time.perf_counter  # main() switches it to time.process_time for --clock cpu

@@ -5,6 +5,7 @@ import pytest
 
 from nanochat.checkpoint_manager import load_model
 from nanochat.engine import Engine, KVCache, draw, filter_logits, FILTER_ORDER
+from bench.bench_peer import StandInTokenizer
 
 
 @pytest.fixture
@@ -204,23 +205,13 @@ def test_one_token_decode_through_a_sliding_window_matches_the_full_forward(opti
 def test_decoding_builds_no_attention_mask(monkeypatch):
     import nanochat.gpt as gpt
     model = _random_model("SL")
-    engine = Engine(model, _StandInTokenizer())
+    engine = Engine(model, StandInTokenizer(model.config.vocab_size))  # no row ends early
     calls = []
     real_mask = gpt.attention_mask
     monkeypatch.setattr(gpt, "attention_mask", lambda *a: calls.append(a) or real_mask(*a))
     for _ in engine.generate([5, 17, 200, 3], num_samples=3, max_tokens=8, temperature=1.0):
         pass
     assert calls == []  # the prefill is plainly causal and each decode step is one query per row
-
-
-class _StandInTokenizer:
-    """Special tokens outside the tiny vocabulary: no row ever ends early."""
-
-    def encode_special(self, name):
-        return 10_000 + len(name)
-
-    def get_bos_token_id(self):
-        return 10_000
 
 
 
