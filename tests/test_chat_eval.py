@@ -121,7 +121,7 @@ def test_generative_eval_counts_the_task_verdicts(tiny_base_dir):
     assert result.accuracy == pytest.approx(0.6) and result.baseline == 0.0
 
 
-def test_chat_eval_on_offline_tasks_matches_a_recount(tiny_base_dir, capsys):
+def test_chat_eval_on_offline_tasks_matches_a_recount(tiny_base_dir_copy, capsys):
     from scripts import chat_eval
     from nanochat_tasks import get_task
     results, score = chat_eval.main(["-i", "base", "-a", "SimpleSpelling|Arithmetic|SpellingBee", "-x", "3",

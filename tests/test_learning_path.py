@@ -36,7 +36,7 @@ def test_example_prompts_are_real_training_prompts_of_every_offline_task():
     assert examples[0]["prompt"] not in ("Hi!", "hello", "Hey there", "Good morning!")  # not a greeting
 
 
-def test_sft_trains_a_family_that_midtraining_does_not_and_chat_eval_scores_it(tiny_base_dir, capsys):
+def test_sft_trains_a_family_that_midtraining_does_not_and_chat_eval_scores_it(tiny_base_dir_copy, capsys):
     from nanochat_tasks.mixtures import build_mixture
     from scripts import chat_eval
     _, mid = build_mixture("mid", "train", offline=True, synthetic_size=8)
