@@ -286,9 +286,10 @@ def test_help_has_examples_and_a_bad_flag_is_one_line():
 def test_the_command_serves_the_lab_on_loopback(base, tmp_path):
     with serve_lab(base, tmp_path / "lab.log") as url:
         assert url.startswith("http://127.0.0.1:")
-        r = httpx.get(url + "/lab/forward")
+        r = httpx.get(url + "/lab/forward", timeout=60)
         assert r.status_code == 200 and "Inside a forward pass" in r.text
-        r = httpx.post(url + "/lab/api/forward", json={"checkpoint": "d2", "text": "hi"})
+        # the first forward loads the checkpoint: on a busy 2-core machine that took over httpx's 5 s default
+        r = httpx.post(url + "/lab/api/forward", json={"checkpoint": "d2", "text": "hi"}, timeout=120)
         assert r.status_code == 200 and r.json()["n_layer"] == 2
     assert "Traceback" not in (tmp_path / "lab.log").read_text()
 
