@@ -171,7 +171,8 @@ def test_bad_data_dirs_give_user_errors(tmp_path):
 class ShardServer:
     """A local HTTP server for shard files whose answers follow a script, so that failures are
     deterministic: `script(name, n)` says what to do with the n-th request (0, 1, ...) for a file:
-    "ok", "drop" (send the headers and half the body, then hang up), "500", or "garbage"."""
+    "ok", "drop" (send the headers and half the body, then hang up), "500", or "garbage".
+    Every answer is logged before it is sent, so the log is complete when the client is done."""
 
     def __init__(self, files, script=lambda name, n: "ok", ranges=True):
         self.files, self.script, self.ranges = files, script, ranges
@@ -206,10 +207,10 @@ class ShardServer:
                 if range_header and server.ranges:
                     first = int(range_header.removeprefix("bytes=").split("-")[0])
                     if first >= len(data):
+                        server.log.append((name, range_header, 416, 0))
                         self.send_response(416)
                         self.send_header("Content-Range", f"bytes */{len(data)}")
                         self.end_headers()
-                        server.log.append((name, range_header, 416, 0))
                         return
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {first}-{len(data) - 1}/{len(data)}")
@@ -220,9 +221,11 @@ class ShardServer:
                 self.end_headers()
                 if action == "drop":
                     body = body[:len(body) // 2]
+                # Logged before the body goes out: once the client has read it, it may stop the
+                # server and read the log while this thread would still be appending.
+                server.log.append((name, range_header, 206 if first else 200, len(body)))
                 self.wfile.write(body)
                 self.wfile.flush()
-                server.log.append((name, range_header, 206 if first else 200, len(body)))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # port 0: any free port
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/data"

@@ -104,6 +104,16 @@ def test_tokens_view_shows_the_tokenizers_ids_and_the_supervised_tokens(page, mo
     from tools.lib.token_inspect import DEMO_CONVERSATION
     _, tokenizer = model_and_tokenizer
     page.goto(page.lab_url + "/lab/tokens")
+    # The page loads with its own text and tokenizes it while we type ours; the server answers
+    # from a thread pool, so the first answer may come back last. newestOnly keeps it off the page:
+    # two calls answered in reverse order, only the newer one's answer is used.
+    assert page.evaluate("""async () => {
+        const answer = [];
+        const call = newestOnly(x => new Promise(resolve => answer.push(() => resolve(x))));
+        const older = call('older'), newer = call('newer');
+        answer[1](); answer[0]();
+        return [await older, await newer];
+    }""") == [None, "newer"]
     text = "Hello world! naïve 🙂 12345"
     page.fill("#text", text)
     page.wait_for_function("(t) => window.labState.tokens && window.labState.tokens.text === t", arg=text)

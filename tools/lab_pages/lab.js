@@ -45,3 +45,20 @@ async function checkpointPicker(select, status) {
 }
 
 function debounce(fn, ms) { let t; return (...a) => { clearTimeout(t); t = setTimeout(() => fn(...a), ms); }; }
+
+// Answers can come back out of order (a slow first request, a fast second one). Wrapped in
+// newestOnly, an API call resolves to null when a newer call was made meanwhile, so an old answer
+// never overwrites what a newer one showed; its errors are dropped the same way.
+function newestOnly(call) {
+  let latest = 0;
+  return async (...args) => {
+    const mine = ++latest;
+    try {
+      const data = await call(...args);
+      return mine === latest ? data : null;
+    } catch (e) {
+      if (mine !== latest) return null;
+      throw e;
+    }
+  };
+}
