@@ -399,7 +399,7 @@ def test_page_stream_sends_tokens_then_done(server):
 
 
 def test_health_stats_models_and_the_page(server):
-    health = httpx.get(server + "/health").json()
+    health = httpx.get(server + "/health", timeout=30).json()
     assert health["ready"] is True and health["workers"] == 1 and health["available"] == 1
     stats = wait_idle(server)
     assert stats["workers"][0]["device"] == "cpu" and stats["max_queue"] == 2
@@ -408,10 +408,10 @@ def test_health_stats_models_and_the_page(server):
     after = wait_idle(server)
     assert after["requests_served"] == before + 1
     assert after["workers"][0]["tokens_generated"] >= stats["workers"][0]["tokens_generated"] + 3
-    page = httpx.get(server + "/")
+    page = httpx.get(server + "/", timeout=30)
     assert page.status_code == 200 and "<textarea" in page.text
     assert "connect-src 'self'" in page.headers["content-security-policy"]
-    assert httpx.get(server + "/v1/models").json()["data"][0]["id"] == health["model"]
+    assert httpx.get(server + "/v1/models", timeout=30).json()["data"][0]["id"] == health["model"]
 
 
 # -----------------------------------------------------------------------------
@@ -461,7 +461,7 @@ def test_invalid_requests_get_4xx_naming_the_field(server, endpoint):
     huge = b'{"messages": [{"role": "user", "content": "' + b"x" * 1_100_000 + b'"}]}'
     r = httpx.post(server + endpoint, content=huge, headers={"content-type": "application/json"}, timeout=10)
     assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
-    assert httpx.get(server + "/stats").json()["queued"] == 0  # refused requests hold no place in line
+    assert httpx.get(server + "/stats", timeout=30).json()["queued"] == 0  # refused requests hold no place in line
 
 
 def test_invalid_flags_are_user_errors(tiny_base_dir):

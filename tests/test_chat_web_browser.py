@@ -64,7 +64,7 @@ def test_chat_page_streams_regenerates_edits_stops_and_starts_over(browser_ready
             page.goto(url + "/")
 
             # model name and status come from /health
-            model = httpx.get(url + "/health").json()["model"]
+            model = httpx.get(url + "/health", timeout=30).json()["model"]
             page.wait_for_function("(m) => document.getElementById('model-name').textContent === m", arg=model)
             page.wait_for_selector("#status.ready")
 

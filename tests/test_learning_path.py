@@ -90,8 +90,8 @@ def test_stats_hands_the_examples_to_the_chat_page(tiny_run, tmp_path):
     from test_chat_web import serve
     from nanochat_tasks.examples import example_prompts
     with serve(tiny_run, tmp_path / "server.log") as (url, _):
-        stats = httpx.get(url + "/stats").json()
-        page = httpx.get(url + "/").text
+        stats = httpx.get(url + "/stats", timeout=30).json()
+        page = httpx.get(url + "/", timeout=30).text
     assert stats["examples"] == [{"prompt": e["prompt"], "family": e["family"]} for e in example_prompts()]
     assert "serverExamples" in page and ".innerHTML" not in page  # shown as text, like everything else
 

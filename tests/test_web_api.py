@@ -247,12 +247,12 @@ def test_models_by_id(server):
 
 def test_tokenizer_endpoints_read_special_tokens_in_text(server, model):
     _, tok = model
-    r = httpx.post(server + "/tokenize", json={"prompt": "<|bos|>hi<|user_start|>", "add_special_tokens": False})
+    r = httpx.post(server + "/tokenize", json={"prompt": "<|bos|>hi<|user_start|>", "add_special_tokens": False}, timeout=30)
     assert r.json()["tokens"] == [tok.get_bos_token_id(), *tok.encode("hi"), tok.encode_special("<|user_start|>")]
-    r = httpx.post(server + "/tokenize", json={"prompt": "hi"})
+    r = httpx.post(server + "/tokenize", json={"prompt": "hi"}, timeout=30)
     assert r.json()["tokens"] == [tok.get_bos_token_id(), *tok.encode("hi")]
-    assert httpx.post(server + "/detokenize", json={"tokens": tok.encode("hi there")}).json()["prompt"] == "hi there"
-    assert httpx.get(server + "/tokenizer_info").json()["bos_token"] == "<|bos|>"
+    assert httpx.post(server + "/detokenize", json={"tokens": tok.encode("hi there")}, timeout=30).json()["prompt"] == "hi there"
+    assert httpx.get(server + "/tokenizer_info", timeout=30).json()["bos_token"] == "<|bos|>"
 
 
 # -----------------------------------------------------------------------------
@@ -262,34 +262,34 @@ def test_api_key_is_required_when_set(keyed_server):
     with pytest.raises(openai.AuthenticationError) as e:
         reply(client(keyed_server, key="wrong"), USER)
     assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
-    r = httpx.post(keyed_server + "/v1/completions", json={"prompt": "a", "max_tokens": 1})
+    r = httpx.post(keyed_server + "/v1/completions", json={"prompt": "a", "max_tokens": 1}, timeout=30)
     assert r.status_code == 401 and "Authorization: Bearer" in r.json()["error"]["message"]
-    assert httpx.get(keyed_server + "/stats").status_code == 401
+    assert httpx.get(keyed_server + "/stats", timeout=30).status_code == 401
     assert reply(client(keyed_server, key=KEY), USER).choices[0].message.content is not None
     # the page and the health check stay open (the page asks for the key itself)
-    assert httpx.get(keyed_server + "/").status_code == 200
-    assert httpx.get(keyed_server + "/health").status_code == 200
+    assert httpx.get(keyed_server + "/", timeout=30).status_code == 200
+    assert httpx.get(keyed_server + "/health", timeout=30).status_code == 200
 
 
 def test_cors_headers_only_for_the_allowed_origin_and_only_when_enabled(keyed_server, server):
     preflight = {"Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization, content-type"}
-    r = httpx.options(keyed_server + "/v1/chat/completions", headers={"Origin": ALLOWED_ORIGIN, **preflight})
+    r = httpx.options(keyed_server + "/v1/chat/completions", headers={"Origin": ALLOWED_ORIGIN, **preflight}, timeout=30)
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     assert "authorization" in r.headers["access-control-allow-headers"].lower()
     r = httpx.post(keyed_server + "/v1/chat/completions", json={"messages": USER, "max_tokens": 2},
-                   headers={"Origin": ALLOWED_ORIGIN, "Authorization": f"Bearer {KEY}"})
+                   headers={"Origin": ALLOWED_ORIGIN, "Authorization": f"Bearer {KEY}"}, timeout=30)
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     r = httpx.post(keyed_server + "/v1/chat/completions", json={"messages": USER, "max_tokens": 2},
-                   headers={"Origin": ALLOWED_ORIGIN})
+                   headers={"Origin": ALLOWED_ORIGIN}, timeout=30)
     assert r.status_code == 401 and r.headers["access-control-allow-origin"] == ALLOWED_ORIGIN  # readable 401
-    r = httpx.options(keyed_server + "/v1/chat/completions", headers={"Origin": "http://evil.example", **preflight})
+    r = httpx.options(keyed_server + "/v1/chat/completions", headers={"Origin": "http://evil.example", **preflight}, timeout=30)
     assert "access-control-allow-origin" not in r.headers
     # by default: no CORS at all
-    r = httpx.options(server + "/v1/chat/completions", headers={"Origin": ALLOWED_ORIGIN, **preflight})
+    r = httpx.options(server + "/v1/chat/completions", headers={"Origin": ALLOWED_ORIGIN, **preflight}, timeout=30)
     assert "access-control-allow-origin" not in r.headers
     r = httpx.post(server + "/v1/chat/completions", json={"messages": USER, "max_tokens": 2},
-                   headers={"Origin": ALLOWED_ORIGIN})
+                   headers={"Origin": ALLOWED_ORIGIN}, timeout=30)
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
 
 

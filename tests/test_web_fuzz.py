@@ -123,7 +123,7 @@ def test_a_256_mb_chunked_body_is_refused_early(server):
     with socket.create_connection((host, int(port)), timeout=30) as s:
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 268435456\r\n\r\n")
         assert s.recv(4096).startswith(b"HTTP/1.1 413")
-    assert httpx.get(server + "/health").status_code == 200
+    assert httpx.get(server + "/health", timeout=30).status_code == 200
     assert wait_idle(server)["queued"] == 0
 
 
