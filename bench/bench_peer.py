@@ -39,6 +39,19 @@ model.setup_optimizer() with its default arguments, or setup_optimizers() where 
 --clock cpu times each process's CPU time instead of wall time (as bench_engine's --clock): on a
 machine others are using it leaves out the time they took.
 
+--quality STEPS compares what the training buys instead of its speed: both sides train STEPS steps
+from their own initialisation on the same batches of real text, then measure bits per byte on the
+same held-out tokens. The text is the demo's (the data folder's train and val splits, the embedded
+corpus on a fresh machine), tokenized by a --vocab-size BPE tokenizer trained here on the train
+split; rows are documents packed end to end, each after a BOS. Both sides follow one learning-rate
+schedule (training.lr_multiplier with its defaults: constant, then a linear warmdown to 0 over the
+last 40% of steps) on each optimizer's own default rates; momentum and weight decay stay at each
+optimizer's defaults. The training time (its first step, where the peer's optimizer compiles,
+apart) says what each bits-per-byte figure cost. It takes about STEPS x 4.5 s here, plus the
+peer's compile:
+
+    python -m bench.bench_peer --peer /tmp/peer --quality 45
+
 The header of the output says where the two sides differ beyond the settings (architecture
 pieces, optimizer): read the ratios with it.
 """
@@ -83,6 +96,10 @@ def parse_args(argv=None):
     p.add_argument("--prompt-len", type=int_range(1, 1 << 16), default=128, help="decode: prompt tokens")
     p.add_argument("--new-tokens", type=int_range(2, 1 << 16), default=64, help="decode: tokens generated")
     p.add_argument("--decode-repeats", type=int_range(1, 100), default=3, help="decode: best of this many")
+    p.add_argument("--quality", type=int_range(1, 100_000), default=None, metavar="STEPS",
+                   help="instead of timing: train both STEPS steps on the demo's text, then compare val bits per byte")
+    p.add_argument("--val-rows", type=int_range(1, 100_000), default=64,
+                   help="--quality: held-out rows of --seq-len tokens that bits per byte is measured on")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall time, or each process's CPU time (on a machine others are using, it leaves out the "
                         "time they took; the compile time is wall time either way)")
@@ -225,6 +242,34 @@ def time_decode(engine, prompt, n, repeats, clock):
     return best
 
 
+def train_and_measure(model, optimizer, data, multipliers, clock):
+    """--quality: train on data's batches with the learning rates scaled by `multipliers` (one per
+    step), then the summed nats of the held-out targets that count. Returns (nats, seconds of each
+    step by `clock`, last training loss)."""
+    import torch
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    times = []
+    for step, multiplier in enumerate(multipliers):
+        t0 = clock()
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * multiplier
+        loss = model(data["x"][step], data["y"][step])
+        loss.backward()
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        times.append(clock() - t0)
+    if not loss.isfinite():
+        raise RuntimeError(f"the training loss is {loss.item()}")
+    model.eval()
+    nats = 0.0
+    with torch.no_grad():
+        for x, y, counted in zip(data["val_x"], data["val_y"], data["val_counted"]):
+            losses = model(x[None], y[None], loss_reduction="none").view(-1)
+            nats += (losses.double() * counted).sum().item()
+    return nats, times, loss.item()
+
+
 def worker_main(spec):
     """One side ("ours" or "peer"), one task ("eager": training step and decode; "compiled"),
     the figures printed as one JSON line."""
@@ -233,12 +278,19 @@ def worker_main(spec):
     import torch
     torch.set_num_threads(s["threads"])
     model, optimizer, config, how = build_side(side, gpt, s)
+    clock = time.process_time if s["clock"] == "cpu" else time.perf_counter
+    if spec["task"] == "quality":
+        data = torch.load(spec["data"])
+        nats, times, loss = train_and_measure(model, optimizer, data, spec["multipliers"], clock)
+        print("RESULT " + json.dumps(dict(config=config, how=how, **describe_side(model, optimizer), stubbed=stubbed,
+                                          threads=torch.get_num_threads(), torch=torch.__version__, nats=nats,
+                                          step_times=times, loss=loss)))
+        return
     gen = torch.Generator().manual_seed(0)  # the same tokens on both sides
     x = torch.randint(0, s["vocab_size"], (s["rows"], s["seq_len"]), generator=gen)
     y = torch.randint(0, s["vocab_size"], (s["rows"], s["seq_len"]), generator=gen)
     compiled = spec["task"] == "compiled"
     train_model = torch.compile(model, dynamic=False) if compiled else model
-    clock = time.process_time if s["clock"] == "cpu" else time.perf_counter
     warmup, timed, loss = time_training(train_model, model, optimizer, x, y, s["warmup"], s["steps"], clock)
     step = statistics.median(c for _, c in timed)  # the median: one step disturbed by a neighbour does not count
     wall_step = statistics.median(w for w, _ in timed)
@@ -284,10 +336,10 @@ def commit_of(root):
     return out.stdout.strip() if out.returncode == 0 and (Path(root) / ".git").exists() else "no git"
 
 
-def run_worker(side, root, task, settings, env, eager_cache):
+def run_worker(side, root, task, settings, env, eager_cache, **extra):
     """Run one worker and return its JSON figures; a failed worker becomes one line of error."""
     from nanochat.common import UserError
-    spec = dict(side=side, root=str(root), task=task, settings=settings)
+    spec = dict(side=side, root=str(root), task=task, settings=settings, **extra)
     with tempfile.TemporaryDirectory(prefix="bench_peer_") as fresh:
         # a compiled worker compiles from an empty cache (the whole compile, every round); eager
         # workers share one per side, so the peer's compiled optimizer compiles once in a run
@@ -328,6 +380,8 @@ def print_header(args, peer, settings, env, first):
             print(f"  - {whose} optimizer torch.compiles {', '.join(first[side]['optimizer_compiles'])}, in the eager "
                   f"step too: they compile in its eager warm-up")
     print("  - the model code may differ in what the config does not show (e.g. constants, the loss); read both")
+    if args.quality:
+        return
     print(f"steps: {s['warmup']} warm-up + the median of {s['steps']} timed | decode: batch 1, greedy, prompt "
           f"{s['prompt_len']} random tokens, {s['new_tokens']} new, best of {s['decode_repeats']} | clock: "
           f"{'CPU time of each process' if s['clock'] == 'cpu' else 'wall'} | each round's ratio is ours / peer "
@@ -348,19 +402,85 @@ def print_row(round_no, what, ours, peer, key, extra=None):
     return ours[key] / peer[key]
 
 
+def quality_data(settings, steps, val_rows, path):
+    """--quality: the batches both sides train on and the held-out rows they are measured on, saved
+    to `path`. Returns a line saying what they are, and the number of bytes the held-out targets
+    that count (no special token) stand for."""
+    import torch
+    from nanochat.common import UserError
+    from nanochat.dataset import parquets_iter_batched, resolve_data_dir
+    from nanochat.tokenizer import RustBPETokenizer, compute_token_bytes
+    rows, width = settings["rows"], settings["seq_len"] + 1  # a row holds its inputs and, shifted by one, its targets
+    tokenizer = RustBPETokenizer.train_from_iterator(
+        (doc[:10_000] for batch in parquets_iter_batched("train") for doc in batch), settings["vocab_size"])
+    if tokenizer.get_vocab_size() > settings["vocab_size"]:
+        raise UserError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens, more than --vocab-size")
+
+    def packed_rows(split, count):
+        stream = []
+        for batch in parquets_iter_batched(split):
+            for ids in tokenizer.encode(batch, prepend=tokenizer.get_bos_token_id()):
+                stream.extend(ids)
+            if len(stream) >= count * width:
+                return torch.tensor(stream[:count * width]).view(count, width)
+        raise UserError(f"the {split} split of {resolve_data_dir()} holds {len(stream):,} tokens, fewer than the "
+                        f"{count * width:,} that --quality {steps} (--val-rows {val_rows}) needs: ask for fewer")
+    train, val = packed_rows("train", steps * rows), packed_rows("val", val_rows)
+    token_bytes = compute_token_bytes(tokenizer)
+    val_bytes = token_bytes[val[:, 1:]]
+    batches = dict(x=train[:, :-1].reshape(steps, rows, -1), y=train[:, 1:].reshape(steps, rows, -1),
+                   val_x=val[:, :-1], val_y=val[:, 1:], val_counted=val_bytes > 0)
+    torch.save({k: v.contiguous() for k, v in batches.items()}, path)  # contiguous: models .view() their targets
+    what = (f"text: the train and val splits of {resolve_data_dir()}, a {tokenizer.get_vocab_size():,}-token BPE "
+            f"trained here on the train split; {steps} steps x {rows} x {settings['seq_len']} tokens to train on, "
+            f"{val_rows} x {settings['seq_len']} held-out tokens ({int(val_bytes.sum()):,} bytes) to measure on")
+    return what, int(val_bytes.sum())
+
+
+def compare_quality(args, peer, settings, env):
+    """--quality: train both on the same text and schedule, print bits per byte and what it cost."""
+    import math
+    from nanochat.training import lr_multiplier
+    multipliers = [lr_multiplier(step, args.quality) for step in range(args.quality)]
+    roots = {"ours": OUR_ROOT, "peer": peer}
+    with tempfile.TemporaryDirectory(prefix="bench_peer_quality_") as folder:
+        print("tokenizing the text both sides train on...", flush=True)
+        data = os.path.join(folder, "quality.pt")
+        what, val_bytes = quality_data(settings, args.quality, args.val_rows, data)
+        r = {side: run_worker(side, roots[side], "quality", settings, env, folder, data=data, multipliers=multipliers)
+             for side in ("ours", "peer")}
+    print_header(args, peer, settings, env, r)
+    print(what)
+    print(f"schedule of both: training.lr_multiplier over {args.quality} steps (constant, then linear to 0 over the "
+          f"last 40%) times each optimizer's own default rates; clock: "
+          f"{'CPU time of each process' if settings['clock'] == 'cpu' else 'wall'}")
+    print()
+    bpb = {}
+    for side in ("ours", "peer"):
+        times = r[side]["step_times"]
+        bpb[side] = r[side]["nats"] / (math.log(2) * val_bytes)
+        print(f"{side:<4} | val bits per byte {bpb[side]:.4f} | last training loss {r[side]['loss']:.3f} | "
+              f"training {sum(times):,.1f} s (first step {times[0]:,.1f} s, then {sum(times[1:]):,.1f} s)", flush=True)
+    steady = {side: sum(r[side]["step_times"][1:]) for side in r}
+    print(f"ours/peer: bits per byte {bpb['ours'] / bpb['peer']:.3f}x (lower is better), training time after the "
+          f"first step {steady['ours'] / max(steady['peer'], 1e-9):.3f}x")
+
+
 def main(argv=None):
     args = parse_args(argv)
     peer = check_peer(args.peer)
     from nanochat.common import UserError
     if args.dim % args.head_dim:
         raise UserError(f"--dim {args.dim} is not a multiple of --head-dim {args.head_dim}")
-    if args.prompt_len + args.new_tokens > 10 * args.seq_len:
+    if not args.quality and args.prompt_len + args.new_tokens > 10 * args.seq_len:
         raise UserError("--prompt-len + --new-tokens is past the rotary tables (10x --seq-len) of both models")
     settings = {k: getattr(args, k) for k in ("depth", "dim", "head_dim", "vocab_size", "seq_len", "rows", "threads",
                                               "warmup", "steps", "prompt_len", "new_tokens", "decode_repeats",
                                               "upstream_arch", "clock")}
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), NANOCHAT_DTYPE="float32",
                OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    if args.quality:
+        return compare_quality(args, peer, settings, env)
     roots = {"ours": OUR_ROOT, "peer": peer}
     tasks = ["eager"] + ([] if args.no_compile else ["compiled"])
     ratios = {"eager step": [], "decode b1": [], "compiled step": []}

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # a stand-in for upstream nanochat with the interface bench_peer calls on the real one: GPTConfig,
 # GPT (built on the meta device, then to_empty + init_weights, setup_optimizer, forward with
-# targets -> loss) and Engine(model, tokenizer).generate yielding one token column per step
+# targets -> loss, per token with loss_reduction="none") and Engine(model, tokenizer).generate yielding one token column per step
 STAND_IN_GPT = '''
 from dataclasses import dataclass
 import torch
@@ -47,11 +47,11 @@ class GPT(nn.Module):
     def setup_optimizer(self):
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
-    def forward(self, idx, targets=None, kv_cache=None):
+    def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
         logits = self.lm_head(self.wte(idx))  # (B, T, vocab)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), reduction=loss_reduction)
 '''
 
 STAND_IN_ENGINE = '''
@@ -144,3 +144,74 @@ def test_bench_peer_refuses_bad_input_in_one_line(tmp_path, capsys, args, says):
 def test_bench_peer_help_shows_an_example(capsys):
     code, out, _ = bench_peer(capsys, "--help")
     assert code == 0 and "python -m bench.bench_peer --peer /tmp/peer" in out
+
+
+QUALITY = ["--quality", "3", "--val-rows", "2", "--depth", "1", "--dim", "32", "--head-dim", "16", "--vocab-size", "512",
+           "--seq-len", "16", "--rows", "2", "--threads", "1"]
+
+
+def test_bench_peer_quality_trains_both_on_the_same_text(tmp_path, capsys):
+    peer = make_peer(tmp_path / "peer")
+    code, out, err = bench_peer(capsys, "--peer", str(peer), *QUALITY)
+    assert code == 0, err
+    assert "3 steps x 2 x 16 tokens to train on, 2 x 16 held-out tokens" in out
+    figures = {}
+    for side in ("ours", "peer"):
+        m = re.search(rf"^{side} +\| val bits per byte ([\d.]+) \| last training loss ([\d.]+) \| training ([\d.,]+) s "
+                      r"\(first step ([\d.,]+) s, then ([\d.,]+) s\)$", out, re.MULTILINE)
+        assert m, out
+        bpb, loss, total, first, rest = (float(v.replace(",", "")) for v in m.groups())
+        assert 0 < bpb < 20 and loss > 0 and abs(first + rest - total) <= 0.15
+        figures[side] = bpb
+    ratio = float(re.search(r"ours/peer: bits per byte ([\d.]+)x", out).group(1))
+    assert abs(ratio - figures["ours"] / figures["peer"]) <= 0.002
+    assert "eager step" not in out and "decode b1" not in out  # --quality replaces the timing rounds
+
+
+def test_quality_data_packs_shifted_rows_and_counts_the_bytes(tmp_path):
+    import torch
+    from bench.bench_peer import quality_data
+    settings = dict(rows=2, seq_len=16, vocab_size=512)
+    what, val_bytes = quality_data(settings, 3, 4, tmp_path / "q.pt")
+    data = torch.load(tmp_path / "q.pt")
+    assert data["x"].shape == data["y"].shape == (3, 2, 16)
+    assert torch.equal(data["x"][:, :, 1:], data["y"][:, :, :-1])  # targets are the inputs shifted by one
+    assert data["val_x"].shape == (4, 16) and torch.equal(data["val_x"][:, 1:], data["val_y"][:, :-1])
+    assert not torch.equal(data["x"][0, 0], data["x"][1, 0])  # each step gets rows of its own
+    assert int(data["x"].max()) < 512
+    assert 0 < int(data["val_counted"].sum()) <= data["val_y"].numel() <= val_bytes
+    assert f"({val_bytes:,} bytes)" in what
+    with pytest.raises(Exception, match="fewer than"):
+        quality_data(settings, 10**6, 4, tmp_path / "big.pt")
+
+
+def test_train_and_measure_follows_the_schedule_and_sums_the_counted_nats():
+    import time
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from bench.bench_peer import train_and_measure
+
+    class Bigram(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Embedding(8, 8)
+
+        def forward(self, idx, targets, loss_reduction="mean"):
+            logits = self.table(idx)
+            return F.cross_entropy(logits.view(-1, 8), targets.reshape(-1), reduction=loss_reduction)
+
+    torch.manual_seed(0)
+    model = Bigram()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = torch.randint(0, 8, (2, 3, 5)), torch.randint(0, 8, (2, 3, 5))
+    val_x, val_y = torch.randint(0, 8, (2, 5)), torch.randint(0, 8, (2, 5))
+    counted = torch.rand(2, 5) > 0.3
+    data = dict(x=x, y=y, val_x=val_x, val_y=val_y, val_counted=counted)
+    before = model.table.weight.detach().clone()
+    nats, times, _ = train_and_measure(model, optimizer, data, [0.0, 0.0], time.perf_counter)
+    assert torch.equal(model.table.weight, before) and len(times) == 2  # a multiplier of 0: no update
+    expected = F.cross_entropy(model.table(val_x).view(-1, 8), val_y.view(-1), reduction="none")[counted.view(-1)]
+    assert abs(nats - expected.double().sum().item()) < 1e-6
+    train_and_measure(model, optimizer, data, [1.0, 0.25], time.perf_counter)
+    assert optimizer.param_groups[0]["lr"] == 0.5 * 0.25 and not torch.equal(model.table.weight, before)
